@@ -1,0 +1,1 @@
+"""The `art2mus` command line."""

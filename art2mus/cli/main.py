@@ -1,0 +1,119 @@
+"""`art2mus`: the command line for the pipeline, its stages and its tools."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from art2mus.config import load_params
+from art2mus.env import configure_environment, project_root
+from art2mus.errors import Art2MusError
+from art2mus.logs import setup_logging
+
+app = typer.Typer(help="Paintings to music: data, training, evaluation and registry.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")]
+Params = Annotated[Path, typer.Option("--params", help="The params file.")]
+
+
+def fail(command: str, error: Exception) -> None:
+    typer.echo(f"art2mus: {command}: {error}", err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def sample(
+    out: Annotated[Optional[Path], typer.Option(help="Where to write it (default: sample.out_dir).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Override sample.seed.")] = None,
+    n_artworks: Annotated[Optional[int], typer.Option(help="Override sample.n_artworks.")] = None,
+    params_file: Params = Path("params.yaml"),
+    quiet: Quiet = False,
+) -> None:
+    """Synthesise the embedded sample (ArtGraph + FMA layouts, planted correspondence)."""
+    from art2mus.data.sample import make_sample
+
+    setup_logging(quiet)
+    try:
+        params = load_params(params_file)
+        overrides = {k: v for k, v in {"seed": seed, "n_artworks": n_artworks}.items() if v is not None}
+        config = params.sample.model_validate({**params.sample.model_dump(), **overrides})
+        summary = make_sample(config, params.audio, out or Path(config.out_dir))
+    except (Art2MusError, ValueError) as error:
+        fail("sample", error)
+    typer.echo(f"sample: {summary}")
+
+
+@app.command()
+def ingest(
+    artgraph: Annotated[Path, typer.Option(help="ArtGraph root: the metadata CSV and imagesf2/.")],
+    fma: Annotated[Path, typer.Option(help="FMA root: fma_metadata/ and fma_<size>/.")],
+    out: Annotated[Path, typer.Option(help="Where the manifests go.")],
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: ingest.workers).")] = None,
+    params_file: Params = Path("params.yaml"),
+    quiet: Quiet = False,
+) -> None:
+    """Read an ArtGraph export and an FMA copy into manifests; bad files are quarantined."""
+    from art2mus.data.ingest import ingest as run_ingest
+
+    setup_logging(quiet)
+    configure_environment()
+    try:
+        config = load_params(params_file).ingest
+        if workers is not None:
+            config = config.model_copy(update={"workers": workers})
+        summary = run_ingest(artgraph, fma, out, config, quiet=quiet)
+    except Art2MusError as error:
+        fail("ingest", error)
+    typer.echo(f"ingest: {summary['artworks']} artworks, {summary['tracks']} tracks, "
+               f"{summary['quarantined_artworks'] + summary['quarantined_tracks']} quarantined -> {out}")
+
+
+@app.command()
+def repro(
+    stage: Annotated[Optional[str], typer.Argument(help="Reproduce up to this stage (default: all).")] = None,
+    force: Annotated[bool, typer.Option(help="Re-run stages even when DVC finds them unchanged.")] = False,
+) -> None:
+    """Run the DVC pipeline on the configured data (DVC skips what is unchanged)."""
+    root = configure_environment(project_root())
+    try:
+        load_params(root / "params.yaml")  # a bad params.yaml fails here, before any stage runs
+    except Art2MusError as error:
+        fail("repro", error)
+    command = [sys.executable, "-m", "dvc", "repro", *([stage] if stage else []), *(["--force"] if force else [])]
+    result = subprocess.run(command, cwd=root)
+    if result.returncode != 0:
+        typer.echo("art2mus: repro: the pipeline stopped (the failing stage's message is above)", err=True)
+        raise typer.Exit(result.returncode)
+    print_data_summary(root)
+
+
+def print_data_summary(root: Path) -> None:
+    """Where the validated splits are and what they hold."""
+    from art2mus.data.schema import SPLITS_TABLE
+    from art2mus.io import read_table
+
+    splits_path = root / SPLITS_TABLE
+    if splits_path.exists():
+        counts = read_table(splits_path)["split"].value_counts().to_dict()
+        typer.echo(f"validated splits: {SPLITS_TABLE} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+
+
+@app.command("params")
+def show_params(params_file: Params = Path("params.yaml")) -> None:
+    """Validate params.yaml and print it as the pipeline reads it."""
+    import yaml
+
+    try:
+        params = load_params(params_file)
+    except Art2MusError as error:
+        fail("params", error)
+    typer.echo(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+
+
+if __name__ == "__main__":
+    app()

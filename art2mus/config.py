@@ -1,0 +1,192 @@
+"""Typed, validated `params.yaml`: one pydantic model per section, one root model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from art2mus.errors import Art2MusError
+
+PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+
+class AudioParams(Section):
+    sample_rate: int = Field(16000, gt=0)
+    n_mels: int = Field(64, gt=0)
+    hop_length: int = Field(160, gt=0)
+    n_fft: int = Field(1024, gt=0)
+    crop_seconds: float = Field(2.56, gt=0)
+    crop_offset_seconds: float = Field(0.5, ge=0)
+
+    @property
+    def crop_samples(self) -> int:
+        return round(self.crop_seconds * self.sample_rate)
+
+
+class TrackingParams(Section):
+    experiment: str = Field("art2mus", min_length=1)
+
+
+class SampleParams(Section):
+    seed: int = 0
+    out_dir: str = "data/sample"
+    n_artworks: int = Field(384, ge=8)
+    n_extra_tracks: int = Field(32, ge=0)
+    n_artists: int = Field(48, ge=3)
+    image_size: int = Field(128, ge=32, le=1024)
+    track_seconds: float = Field(4.0, gt=0)
+
+    @model_validator(mode="after")
+    def _enough_artworks_per_artist(self) -> "SampleParams":
+        if self.n_artists > self.n_artworks:
+            raise ValueError("n_artists must not exceed n_artworks")
+        return self
+
+
+class ArtGraphColumns(Section):
+    """Our column name -> the ArtGraph export's column name."""
+
+    name: str = "name"
+    title: str = "title"
+    artist: str = "artist"
+    style: str = "style"
+    genre: str = "genre"
+    date: str = "date"
+
+
+class ArtGraphParams(Section):
+    metadata_file: str = "artgraph.csv"
+    images_dir: str = "imagesf2"
+    columns: ArtGraphColumns = ArtGraphColumns()
+
+
+class FmaParams(Section):
+    size: Literal["small", "medium", "large", "full"] = "large"
+
+
+class IngestParams(Section):
+    artgraph_dir: str = "data/sample/artgraph"
+    fma_dir: str = "data/sample/fma"
+    out_dir: str = "data/interim"
+    artgraph: ArtGraphParams = ArtGraphParams()
+    fma: FmaParams = FmaParams()
+    workers: int = Field(2, ge=1)
+
+
+class Range(Section):
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class ValidateRawParams(Section):
+    max_quarantine_ratio: float = Field(0.05, ge=0, le=1)
+    min_artworks: int = Field(16, ge=1)
+    min_tracks: int = Field(16, ge=1)
+    track_seconds: Range = Range(min=1.0, max=1200.0)
+    sample_rates: list[int] = [8000, 11025, 16000, 22050, 32000, 44100, 48000]
+    image_modes: list[str] = ["RGB", "L", "RGBA", "CMYK", "P"]
+    max_image_side: int = Field(20000, gt=0)
+
+
+class PairParams(Section):
+    # `similarity` (cross-modal assignment in a shared embedding space) arrives with the encoders.
+    method: Literal["given"] = "given"
+    pairs_file: str = "data/sample/artsound_pairs.csv"
+
+
+class SplitRatios(Section):
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitRatios":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"ratios must sum to 1, got {total:g}")
+        return self
+
+
+class SplitParams(Section):
+    ratios: SplitRatios = SplitRatios()
+    group_by: Literal["artist"] = "artist"
+    stratify_by: Literal["style", "genre"] = "style"
+    seed: int = 0
+
+
+class SplitCounts(Section):
+    train: int = Field(16, ge=0)
+    val: int = Field(4, ge=0)
+    test: int = Field(16, ge=0)
+
+
+class ValidateSplitsParams(Section):
+    min_pairs_per_split: SplitCounts = SplitCounts()
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+
+    audio: AudioParams = AudioParams()
+    tracking: TrackingParams = TrackingParams()
+    sample: SampleParams = SampleParams()
+    ingest: IngestParams = IngestParams()
+    validate_raw: ValidateRawParams = ValidateRawParams()
+    pair: PairParams = PairParams()
+    split: SplitParams = SplitParams()
+    validate_splits: ValidateSplitsParams = ValidateSplitsParams()
+
+
+class ConfigError(Art2MusError):
+    """params.yaml is missing, unreadable or invalid."""
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem: the key's dotted name, what was expected, what was found."""
+    lines = [f"{source}: {error.error_count()} invalid setting(s):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(root)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: object, source: str = PARAMS_FILE) -> Params:
+    """Validate an already-loaded params mapping."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml (relative paths resolve against the working directory)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (run from the project root)") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,38 @@
+"""Quiet, offline-safe process defaults: no analytics, tool state inside the project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_MARKERS = ("params.yaml", "dvc.yaml")
+
+# Tools stay silent unless the user points them somewhere; an explicit environment always wins.
+OFFLINE_DEFAULTS = {
+    "DVC_NO_ANALYTICS": "1",
+    "ITERATIVE_DO_NOT_TRACK": "do-not-track",
+    "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The nearest directory at or above `start` (default: cwd) that holds params.yaml."""
+    here = Path(start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / PROJECT_MARKERS[0]).is_file():
+            return candidate
+    return here
+
+
+def configure_environment(root: Path | None = None) -> Path:
+    """Apply the offline defaults and keep Prefect's home inside the project; returns the root."""
+    root = root or project_root()
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    os.environ.setdefault("DVC_SITE_CACHE_DIR", str(root / ".dvc" / "tmp" / "site_cache"))
+    return root

@@ -1,0 +1,194 @@
+"""Gate reports: the full GX results as JSON plus a short summary a person can act on."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from art2mus.errors import Art2MusError
+from art2mus.io import write_json_atomic
+
+if TYPE_CHECKING:
+    from art2mus.quality.validation import TableCheck
+
+logger = logging.getLogger(__name__)
+
+MAX_EXAMPLES = 5  # offending values shown per failed expectation (the JSON keeps more)
+MAX_SET_SHOWN = 8  # longer value sets are shown by their size only
+MAX_LABEL_WIDTH = 40
+
+
+@dataclass
+class GateReport:
+    """The outcome of one quality gate: pass/fail, a short summary and the full GX results."""
+
+    name: str
+    success: bool
+    summary: str
+    result: dict[str, Any]
+    results_path: str | None = None
+
+    def write(self, path: str | Path) -> None:
+        """Write the full results as JSON (atomically) and point the summary at the file."""
+        write_json_atomic(self.result, path)
+        self.results_path = str(path)
+        statistics = self.result["statistics"]
+        lines = self.summary.split("\n")
+        lines[0] = headline(
+            self.name,
+            statistics["unsuccessful_expectations"],
+            statistics["evaluated_expectations"],
+            self.results_path,
+        )
+        self.summary = "\n".join(lines)
+
+
+class GateFailed(Art2MusError):
+    """A quality gate found bad data; the message is the gate's summary."""
+
+    def __init__(self, report: GateReport) -> None:
+        super().__init__(report.summary)
+        self.report = report
+
+
+def enforce(report: GateReport, path: str | Path) -> GateReport:
+    """Write the gate's JSON results (pass or fail), then raise GateFailed if it failed."""
+    report.write(path)
+    if not report.success:
+        raise GateFailed(report)
+    logger.info("%s", report.summary)
+    return report
+
+
+def headline(name: str, failed: int, total: int, path: str | None = None) -> str:
+    """First summary line: the gate, how many expectations failed, where the full results are."""
+    where = f" (full results: {path})" if path else ""
+    if failed:
+        return f"{name}: FAILED {failed} of {total} expectations{where}"
+    return f"{name}: passed all {total} expectations{where}"
+
+
+def summarize(gate: str, checks: list[TableCheck], results: dict[str, dict[str, Any]]) -> str:
+    """The headline plus one aligned line (and optional detail lines) per failed expectation."""
+    failures: list[tuple[str, str, list[str]]] = []
+    total = 0
+    for check in checks:
+        for item in results[check.name]["results"]:
+            total += 1
+            if not item["success"]:
+                failures.append(describe_failure(check, item))
+    lines = [headline(gate, len(failures), total)]
+    width = min(max((len(label) for label, _, _ in failures), default=0), MAX_LABEL_WIDTH)
+    for label, text, details in failures:
+        lines.append(f"  {label:<{width}}  {text}")
+        lines.extend(f"    {detail}" for detail in details)
+    return "\n".join(lines)
+
+
+def describe_failure(check: TableCheck, item: dict[str, Any]) -> tuple[str, str, list[str]]:
+    """(table.column label, 'expectation: what was found', detail lines) for one failed result."""
+    config = item["expectation_config"]
+    kwargs = config["kwargs"]
+    column = kwargs.get("column") or kwargs.get("column_A")
+    label = f"{check.name}.{column}" if column else check.name
+    text = f"{expectation_text(config)}: {outcome_text(check, item, column)}"
+    details = offending_row_descriptions(check, item)
+    return label, text, details
+
+
+def expectation_text(config: dict[str, Any]) -> str:
+    """What the expectation asks for, in a few words (its description when it has one)."""
+    if config.get("description"):
+        return config["description"]
+    kind = config["type"]
+    kwargs = config["kwargs"]
+    if kind == "expect_column_values_to_be_between":
+        return f"expect values {bounds_text(kwargs.get('min_value'), kwargs.get('max_value'))}"
+    if kind == "expect_table_row_count_to_be_between":
+        return f"expect {bounds_text(kwargs.get('min_value'), kwargs.get('max_value'))} rows"
+    if kind == "expect_column_values_to_be_in_set":
+        return f"expect values in {set_text(kwargs['value_set'])}"
+    if kind == "expect_column_values_to_match_regex":
+        return f"expect values to match {kwargs['regex']}"
+    if kind == "expect_column_values_to_be_of_type":
+        return f"expect type {kwargs['type_']}"
+    if kind == "expect_column_values_to_be_in_type_list":
+        return f"expect type in {kwargs['type_list']}"
+    if kind == "expect_table_columns_to_match_set":
+        return f"expect columns {set_text(kwargs['column_set'])}"
+    words = kind.removeprefix("expect_").removeprefix("column_").removeprefix("table_")
+    return "expect " + words.replace("_", " ")
+
+
+def bounds_text(low: Any, high: Any) -> str:
+    """'between 1 and 20000', 'at least 16' or 'at most 0.05'."""
+    if low is not None and high is not None:
+        return f"between {low:g} and {high:g}"
+    if low is not None:
+        return f"at least {low:g}"
+    return f"at most {high:g}"
+
+
+def set_text(values: list[Any]) -> str:
+    """The set itself when short, else its size."""
+    if len(values) <= MAX_SET_SHOWN:
+        return repr(sorted(values, key=str))
+    return f"a set of {len(values)} values"
+
+
+def outcome_text(check: TableCheck, item: dict[str, Any], column: str | None) -> str:
+    """What GX found: counts and examples, a missing column, or the error that stopped it."""
+    message = exception_message(item.get("exception_info") or {})
+    if message is not None:
+        return f"could not run: {message}"
+    result = item.get("result") or {}
+    if "unexpected_count" in result:
+        counts = f"{result['unexpected_count']} of {result['element_count']} rows unexpected"
+        if check.describe is not None:
+            return counts
+        examples = examples_text(result, check.key, column)
+        return f"{counts}, e.g. {examples}" if examples else counts
+    mismatched = (result.get("details") or {}).get("mismatched") or {}
+    if mismatched.get("missing"):
+        return f"missing {sorted(mismatched['missing'])}"
+    return f"observed {result.get('observed_value')!r}"
+
+
+def examples_text(result: dict[str, Any], key: str | None, column: str | None) -> str:
+    """The first offending values, and the keys of their rows when the key is another column."""
+    values = list(result.get("partial_unexpected_list") or [])[:MAX_EXAMPLES]
+    if not values:
+        return ""
+    text = repr(values)
+    index = list(result.get("partial_unexpected_index_list") or [])[:MAX_EXAMPLES]
+    if key is not None and key != column and index and isinstance(index[0], dict):
+        text += f" ({key}: {[entry.get(key) for entry in index]!r})"
+    return text
+
+
+def offending_row_descriptions(check: TableCheck, item: dict[str, Any]) -> list[str]:
+    """One sentence per offending row, for small tables that know how to describe a row."""
+    if check.describe is None or check.key is None:
+        return []
+    index = (item.get("result") or {}).get("partial_unexpected_index_list") or []
+    keys = [entry[check.key] for entry in index if isinstance(entry, dict) and check.key in entry]
+    if not keys:
+        return []
+    rows = check.frame[check.frame[check.key].isin(keys)]
+    lines = [check.describe(row) for _, row in rows.head(MAX_EXAMPLES).iterrows()]
+    if len(rows) > MAX_EXAMPLES:
+        lines.append(f"... and {len(rows) - MAX_EXAMPLES} more")
+    return lines
+
+
+def exception_message(info: dict[str, Any]) -> str | None:
+    """The message of the exception GX caught while running an expectation, if any."""
+    entries = [info] + [value for value in info.values() if isinstance(value, dict)]
+    for entry in entries:
+        if entry.get("raised_exception"):
+            message = str(entry.get("exception_message") or "unknown error")
+            return message.removeprefix("Error: ").strip()
+    return None
+

@@ -1,0 +1,104 @@
+"""Run Great Expectations suites on in-memory tables: one ephemeral context per gate call."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pandas as pd
+
+from art2mus.quality.report import GateReport, summarize
+
+logger = logging.getLogger(__name__)
+
+# How many unexpected values GX keeps per expectation in the JSON results.
+PARTIAL_UNEXPECTED_COUNT = 20
+
+
+@dataclass
+class TableCheck:
+    """A table, the expectations it must meet, and how to point at its offending rows."""
+
+    name: str  # e.g. "artworks" or "splits.artist_splits"; labels the suite and the summary
+    frame: pd.DataFrame
+    expectations: list[Any]  # great_expectations.expectations.Expectation instances
+    key: str | None = None  # column that identifies a row in the examples (artwork_id, artist, ...)
+    describe: Callable[[pd.Series], str] | None = None  # one sentence for an offending row
+
+
+def import_great_expectations() -> tuple[ModuleType, ModuleType]:
+    """Import GX lazily, with analytics off: returns (great_expectations, its expectations)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    return gx, gxe
+
+
+def expectations_module() -> ModuleType:
+    """`great_expectations.expectations`, imported on first use."""
+    return import_great_expectations()[1]
+
+
+def make_ephemeral_context() -> Any:
+    """An in-memory GX context with progress bars off (they would write to stderr)."""
+    gx, _ = import_great_expectations()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def result_format_for(check: TableCheck) -> dict[str, Any]:
+    """SUMMARY results (counts and the first unexpected values), indexed by the table's key."""
+    result_format: dict[str, Any] = {
+        "result_format": "SUMMARY",
+        "partial_unexpected_count": PARTIAL_UNEXPECTED_COUNT,
+    }
+    if check.key is not None and check.key in check.frame.columns:
+        result_format["unexpected_index_column_names"] = [check.key]
+    return result_format
+
+
+def run_table_checks(gate: str, checks: list[TableCheck]) -> dict[str, dict[str, Any]]:
+    """Validate every table with its suite in one ephemeral context; JSON results per table."""
+    gx, _ = import_great_expectations()
+    context = make_ephemeral_context()
+    datasource = context.data_sources.add_pandas(gate)
+    results: dict[str, dict[str, Any]] = {}
+    for check in checks:
+        asset = datasource.add_dataframe_asset(check.name)
+        batch_definition = asset.add_batch_definition_whole_dataframe("whole")
+        batch = batch_definition.get_batch(batch_parameters={"dataframe": check.frame})
+        suite = gx.ExpectationSuite(name=f"{gate}.{check.name}", expectations=check.expectations)
+        validation = batch.validate(suite, result_format=result_format_for(check))
+        results[check.name] = validation.to_json_dict()
+        logger.debug("%s: %s %s", gate, check.name, "passed" if validation.success else "FAILED")
+    return results
+
+
+def build_gate_report(gate: str, checks: list[TableCheck]) -> GateReport:
+    """Run the gate's table checks and gather them into one report."""
+    gx, _ = import_great_expectations()
+    suites = run_table_checks(gate, checks)
+    outcomes = [item["success"] for suite in suites.values() for item in suite["results"]]
+    failed = outcomes.count(False)
+    result = {
+        "gate": gate,
+        "success": failed == 0,
+        "great_expectations_version": gx.__version__,
+        "statistics": {
+            "evaluated_expectations": len(outcomes),
+            "successful_expectations": len(outcomes) - failed,
+            "unsuccessful_expectations": failed,
+        },
+        "suites": suites,
+    }
+    report = GateReport(gate, failed == 0, summarize(gate, checks, suites), result)
+    logger.info("%s", report.summary.split("\n")[0])
+    return report
