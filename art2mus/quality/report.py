@@ -74,12 +74,19 @@ def summarize(gate: str, checks: list[TableCheck], results: dict[str, dict[str, 
     """The headline plus one aligned line (and optional detail lines) per failed expectation."""
     failures: list[tuple[str, str, list[str]]] = []
     total = 0
+    n_failed = 0
     for check in checks:
-        for item in results[check.name]["results"]:
-            total += 1
-            if not item["success"]:
-                failures.append(describe_failure(check, item))
-    lines = [headline(gate, len(failures), total)]
+        items = results[check.name]["results"]
+        failed = [item for item in items if not item["success"]]
+        total += len(items)
+        n_failed += len(failed)
+        # Table-level expectations (columns, row count) first: a missing column explains the rest.
+        failed.sort(key=lambda item: is_column_expectation(item["expectation_config"]))
+        unrunnable = [item for item in failed if on_missing_column(check, item)]
+        failures.extend(describe_failure(check, item) for item in failed if item not in unrunnable)
+        if unrunnable:
+            failures.append(describe_unrunnable(check, unrunnable))
+    lines = [headline(gate, n_failed, total)]
     width = min(max((len(label) for label, _, _ in failures), default=0), MAX_LABEL_WIDTH)
     for label, text, details in failures:
         lines.append(f"  {label:<{width}}  {text}")
@@ -87,11 +94,35 @@ def summarize(gate: str, checks: list[TableCheck], results: dict[str, dict[str, 
     return "\n".join(lines)
 
 
+def expectation_column(config: dict[str, Any]) -> str | None:
+    """The column an expectation is about (the first of a column pair), None for table-level."""
+    kwargs = config["kwargs"]
+    return kwargs.get("column") or kwargs.get("column_A")
+
+
+def is_column_expectation(config: dict[str, Any]) -> bool:
+    return expectation_column(config) is not None
+
+
+def on_missing_column(check: TableCheck, item: dict[str, Any]) -> bool:
+    """True when GX could not run the expectation because its column is not in the table."""
+    column = expectation_column(item["expectation_config"])
+    return column is not None and column not in check.frame.columns
+
+
+def describe_unrunnable(
+    check: TableCheck, items: list[dict[str, Any]]
+) -> tuple[str, str, list[str]]:
+    """One line for all the expectations that could not run on missing columns."""
+    columns = sorted({str(expectation_column(item["expectation_config"])) for item in items})
+    text = f"{len(items)} expectations could not run on the missing columns {columns}"
+    return check.name, text, []
+
+
 def describe_failure(check: TableCheck, item: dict[str, Any]) -> tuple[str, str, list[str]]:
     """(table.column label, 'expectation: what was found', detail lines) for one failed result."""
     config = item["expectation_config"]
-    kwargs = config["kwargs"]
-    column = kwargs.get("column") or kwargs.get("column_A")
+    column = expectation_column(config)
     label = f"{check.name}.{column}" if column else check.name
     text = f"{expectation_text(config)}: {outcome_text(check, item, column)}"
     details = offending_row_descriptions(check, item)
@@ -134,7 +165,10 @@ def bounds_text(low: Any, high: Any) -> str:
 def set_text(values: list[Any]) -> str:
     """The set itself when short, else its size."""
     if len(values) <= MAX_SET_SHOWN:
-        return repr(sorted(values, key=str))
+        try:
+            return repr(sorted(values))
+        except TypeError:  # mixed types
+            return repr(sorted(values, key=str))
     return f"a set of {len(values)} values"
 
 
@@ -148,7 +182,7 @@ def outcome_text(check: TableCheck, item: dict[str, Any], column: str | None) ->
         counts = f"{result['unexpected_count']} of {result['element_count']} rows unexpected"
         if check.describe is not None:
             return counts
-        examples = examples_text(result, check.key, column)
+        examples = examples_text(check, result, column)
         return f"{counts}, e.g. {examples}" if examples else counts
     mismatched = (result.get("details") or {}).get("mismatched") or {}
     if mismatched.get("missing"):
@@ -156,30 +190,36 @@ def outcome_text(check: TableCheck, item: dict[str, Any], column: str | None) ->
     return f"observed {result.get('observed_value')!r}"
 
 
-def examples_text(result: dict[str, Any], key: str | None, column: str | None) -> str:
-    """The first offending values, and the keys of their rows when the key is another column."""
+def unexpected_positions(result: dict[str, Any]) -> list[int]:
+    """Row positions (in the validated table) of the first unexpected values."""
+    index = result.get("partial_unexpected_index_list") or []
+    return [int(position) for position in index[:MAX_EXAMPLES] if isinstance(position, int)]
+
+
+def examples_text(check: TableCheck, result: dict[str, Any], column: str | None) -> str:
+    """The first offending values, with the keys (or row numbers) of the rows they sit in."""
     values = list(result.get("partial_unexpected_list") or [])[:MAX_EXAMPLES]
     if not values:
         return ""
-    text = repr(values)
-    index = list(result.get("partial_unexpected_index_list") or [])[:MAX_EXAMPLES]
-    if key is not None and key != column and index and isinstance(index[0], dict):
-        text += f" ({key}: {[entry.get(key) for entry in index]!r})"
-    return text
+    positions = unexpected_positions(result)
+    if check.key is not None and check.key != column and check.key in check.frame.columns:
+        keys = check.frame[check.key].iloc[positions].tolist()
+        return f"{values!r} ({check.key}: {keys!r})"
+    if positions:
+        return f"{values!r} (rows {positions})"
+    return repr(values)
 
 
 def offending_row_descriptions(check: TableCheck, item: dict[str, Any]) -> list[str]:
     """One sentence per offending row, for small tables that know how to describe a row."""
-    if check.describe is None or check.key is None:
+    if check.describe is None:
         return []
-    index = (item.get("result") or {}).get("partial_unexpected_index_list") or []
-    keys = [entry[check.key] for entry in index if isinstance(entry, dict) and check.key in entry]
-    if not keys:
-        return []
-    rows = check.frame[check.frame[check.key].isin(keys)]
-    lines = [check.describe(row) for _, row in rows.head(MAX_EXAMPLES).iterrows()]
-    if len(rows) > MAX_EXAMPLES:
-        lines.append(f"... and {len(rows) - MAX_EXAMPLES} more")
+    result = item.get("result") or {}
+    positions = unexpected_positions(result)
+    lines = [check.describe(row) for _, row in check.frame.iloc[positions].iterrows()]
+    more = int(result.get("unexpected_count") or 0) - len(lines)
+    if lines and more > 0:
+        lines.append(f"... and {more} more")
     return lines
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: correspondence, retrieval and (later) FAD and ImageBindScore, all over sets with CIs."""

@@ -1,0 +1,142 @@
+"""Does the image steer the music? Latent-fixed ε-MSE under matched vs mismatched conditioning.
+
+Method (see shared/docs/learnability-notes.md): hold each test track's latent fixed and compare its
+denoising error under its own artwork's conditioning with its error under K-1 other artworks',
+using the same noise and timestep draws for every candidate. The gap is small (a few % of the
+error), so everything is paired and reported with bootstrap confidence intervals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from art2mus.models.backbone import Backbone
+from art2mus.training.diffusion import diffusion_target, per_sample_mse
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic with its bootstrap confidence interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class CorrespondenceResult:
+    """Per-track errors and the summary statistics of one conditioning source."""
+
+    errors: np.ndarray  # [N, K]: column 0 is the track's own artwork
+    top1: Interval
+    top5: Interval
+    gap: Interval  # mean over tracks of (mismatched mean - matched) / mismatched mean; > 0: own is better
+    chance_top1: float
+    chance_top5: float
+
+    def summary(self) -> dict[str, object]:
+        return {"top1": self.top1.as_dict(), "top5": self.top5.as_dict(), "gap": self.gap.as_dict(),
+                "chance_top1": self.chance_top1, "chance_top5": self.chance_top5, "tracks": len(self.errors),
+                "candidates": self.errors.shape[1]}
+
+
+def bootstrap_interval(values: np.ndarray, seed: int = 0, resamples: int = 2000, level: float = 0.95) -> Interval:
+    """Percentile bootstrap CI of the mean of `values` (resampling items)."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2
+    return Interval(float(values.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)))
+
+
+def candidate_sets(n: int, k: int, seed: int) -> np.ndarray:
+    """[n, k] indices: row i starts with i (its own artwork), then k-1 distinct others."""
+    if k > n:
+        raise ValueError(f"retrieval among {k} needs at least {k} test pairs, got {n}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        others = rng.choice(np.delete(np.arange(n), i), size=k - 1, replace=False)
+        rows.append(np.concatenate([[i], others]))
+    return np.stack(rows)
+
+
+def fixed_draws(latents: torch.Tensor, draws: int, t_range: tuple[int, int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, draws, ...] noise and [N, draws] timesteps, shared by every candidate of a track."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((latents.shape[0], draws, *latents.shape[1:]), generator=generator)
+    timesteps = torch.randint(t_range[0], t_range[1], (latents.shape[0], draws), generator=generator)
+    return noise, timesteps
+
+
+@torch.no_grad()
+def error_matrix(
+    backbone: Backbone, latents: torch.Tensor, loa: torch.Tensor, candidates: np.ndarray,
+    draws: int = 16, t_range: tuple[int, int] = (300, 900), seed: int = 0, batch: int = 256,
+) -> np.ndarray:
+    """[N, K]: track i's mean error (over fixed draws) under candidate artwork candidates[i, k]'s LOA."""
+    noise, timesteps = fixed_draws(latents, draws, t_range, seed)
+    n, k = candidates.shape
+    jobs = [(i, j, d) for i in range(n) for j in range(k) for d in range(draws)]
+    errors = torch.zeros(n, k, draws)
+    for start in range(0, len(jobs), batch):
+        chunk = jobs[start: start + batch]
+        i = torch.tensor([job[0] for job in chunk])
+        j = torch.tensor([job[1] for job in chunk])
+        d = torch.tensor([job[2] for job in chunk])
+        clean = latents[i]
+        eps = noise[i, d]
+        t = timesteps[i, d]
+        noisy = backbone.scheduler.add_noise(clean, eps, t)
+        conditioning = loa[torch.as_tensor(candidates)[i, j]]
+        prediction = backbone.predict(noisy, t, conditioning)
+        errors[i, j, d] = per_sample_mse(prediction, diffusion_target(backbone.scheduler, clean, eps, t))
+    return errors.mean(dim=2).numpy()
+
+
+def rank_of_own(errors: np.ndarray) -> np.ndarray:
+    """Expected 1-based rank of column 0 among each row (ties share their ranks evenly)."""
+    own = errors[:, :1]
+    better = (errors[:, 1:] < own).sum(axis=1)
+    tied = (errors[:, 1:] == own).sum(axis=1)
+    return 1 + better + tied / 2
+
+
+def hit_rate(errors: np.ndarray, top: int) -> np.ndarray:
+    """Per track: the probability that its own artwork ranks within `top` (ties broken at random)."""
+    own = errors[:, :1]
+    better = (errors[:, 1:] < own).sum(axis=1)
+    tied = (errors[:, 1:] == own).sum(axis=1)
+    # Own sits uniformly among its tied group: positions better+1 .. better+tied+1.
+    slots = np.clip(top - better, 0, tied + 1)
+    return slots / (tied + 1)
+
+
+def summarise(errors: np.ndarray, seed: int = 0) -> CorrespondenceResult:
+    """Retrieval top-1/top-5 and the matched-vs-mismatched gap, with bootstrap CIs over tracks."""
+    k = errors.shape[1]
+    mismatched = errors[:, 1:].mean(axis=1)
+    relative_gap = (mismatched - errors[:, 0]) / mismatched
+    return CorrespondenceResult(
+        errors=errors,
+        top1=bootstrap_interval(hit_rate(errors, 1), seed),
+        top5=bootstrap_interval(hit_rate(errors, min(5, k)), seed + 1),
+        gap=bootstrap_interval(relative_gap, seed + 2),
+        chance_top1=1 / k,
+        chance_top5=min(5, k) / k,
+    )
+
+
+def measure_correspondence(
+    backbone: Backbone, latents: torch.Tensor, loa: torch.Tensor, k: int = 8, draws: int = 16,
+    t_range: tuple[int, int] = (300, 900), seed: int = 0,
+) -> CorrespondenceResult:
+    """The full measure for one conditioning source: loa[i] conditions track i's own artwork."""
+    candidates = candidate_sets(len(latents), k, seed)
+    return summarise(error_matrix(backbone, latents, loa, candidates, draws, t_range, seed), seed)

@@ -1,0 +1,152 @@
+"""Audio front-end (AudioLDM2's log-mel), the tiny profile's latent codec, and its vocoder.
+
+The tiny profile needs no pretrained weights anywhere between latents and waveform:
+- `MelCodec` is a fixed, exactly invertible transform: standardise the log-mel with statistics of
+  the train split, then fold (time x mel) blocks into channels (256 x 64 -> 64 x 16 x 16).
+- `GriffinLimVocoder` renders a log-mel to audio with torchaudio's InverseMelScale + GriffinLim.
+The real profile uses AudioLDM2's own VAE and HiFi-GAN instead (see backbone.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from art2mus.config import AudioParams
+from art2mus.errors import Art2MusError
+
+LOG_FLOOR = 1e-5  # AudioLDM's dynamic-range compression: log(clamp(mel, 1e-5))
+F_MAX = 8000.0
+
+
+class AudioDecodeError(Art2MusError):
+    """An audio file could not be read or is too short for the crop."""
+
+
+def mel_transform(audio: AudioParams) -> torch.nn.Module:
+    """Magnitude mel spectrogram as AudioLDM computes it (Slaney scale and norm, fmax 8 kHz)."""
+    import torchaudio
+
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=audio.sample_rate, n_fft=audio.n_fft, win_length=audio.n_fft, hop_length=audio.hop_length,
+        f_min=0.0, f_max=F_MAX, n_mels=audio.n_mels, power=1.0, norm="slaney", mel_scale="slaney", center=True,
+    )
+
+
+def crop_frames(audio: AudioParams) -> int:
+    """Mel frames in the model's crop (2.56 s at hop 160 -> 256)."""
+    return audio.crop_samples // audio.hop_length
+
+
+def log_mel(waveforms: torch.Tensor, audio: AudioParams, transform: torch.nn.Module | None = None) -> torch.Tensor:
+    """[B, samples] waveforms -> [B, frames, n_mels] log-mel (frames = samples // hop)."""
+    transform = transform or mel_transform(audio)
+    mel = transform(waveforms.float())  # [B, n_mels, samples // hop + 1]
+    frames = waveforms.shape[-1] // audio.hop_length
+    return torch.log(torch.clamp(mel[..., :frames], min=LOG_FLOOR)).transpose(1, 2)
+
+
+def read_mono(path: str | Path, sample_rate: int) -> np.ndarray:
+    """A whole audio file as mono float32 at `sample_rate`."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        raise AudioDecodeError(f"{path}: cannot decode audio: {error}") from None
+    mono = data.mean(axis=1)
+    if rate != sample_rate:
+        import torchaudio
+
+        mono = torchaudio.functional.resample(torch.from_numpy(mono), rate, sample_rate).numpy()
+    return mono
+
+
+def crop_waveform(wave: np.ndarray, audio: AudioParams, offset_seconds: float | None = None) -> np.ndarray:
+    """The model's crop: `crop_seconds` from the offset; short tracks are zero-padded at the end."""
+    offset = round((audio.crop_offset_seconds if offset_seconds is None else offset_seconds) * audio.sample_rate)
+    crop = wave[offset: offset + audio.crop_samples]
+    if len(crop) < audio.crop_samples:
+        crop = np.pad(crop, (0, audio.crop_samples - len(crop)))
+    return crop.astype(np.float32)
+
+
+def peak_normalise(wave: np.ndarray, peak: float = 0.5) -> np.ndarray:
+    """Scale to a fixed peak, as the Art2Mus audio pipeline does (x 0.5)."""
+    top = float(np.abs(wave).max()) if len(wave) else 0.0
+    return wave if top == 0.0 else (wave / top * peak).astype(np.float32)
+
+
+class MelCodec(ModelMixin, ConfigMixin):
+    """Tiny-profile latent: standardised log-mel folded into channels; `decode` inverts exactly."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, n_mels: int = 64, frames: int = 256, fold_time: int = 16, fold_mel: int = 4) -> None:
+        super().__init__()
+        if frames % fold_time or n_mels % fold_mel:
+            raise ValueError(f"frames {frames} / n_mels {n_mels} must divide by the fold ({fold_time}, {fold_mel})")
+        self.register_buffer("mean", torch.zeros(n_mels))
+        self.register_buffer("std", torch.ones(n_mels))
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.fold_time * self.config.fold_mel
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        c = self.config
+        return self.latent_channels, c.frames // c.fold_time, c.n_mels // c.fold_mel
+
+    def fit(self, mels: torch.Tensor) -> None:
+        """Per-mel-bin statistics from [N, frames, n_mels] log-mels (the train split's)."""
+        flat = mels.reshape(-1, mels.shape[-1]).double()
+        self.mean.copy_(flat.mean(0).float())
+        self.std.copy_(flat.std(0).clamp_min(1e-3).float())
+
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """[B, frames, n_mels] log-mel -> [B, C, frames/ft, n_mels/fm] latent."""
+        c = self.config
+        x = (mel - self.mean) / self.std
+        b, t, f = x.shape
+        x = x.reshape(b, t // c.fold_time, c.fold_time, f // c.fold_mel, c.fold_mel)
+        return x.permute(0, 2, 4, 1, 3).reshape(b, self.latent_channels, t // c.fold_time, f // c.fold_mel)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Exact inverse of `encode`."""
+        c = self.config
+        b, _, h, w = latents.shape
+        x = latents.reshape(b, c.fold_time, c.fold_mel, h, w).permute(0, 3, 1, 4, 2)
+        return x.reshape(b, h * c.fold_time, w * c.fold_mel) * self.std + self.mean
+
+
+class GriffinLimVocoder(ModelMixin, ConfigMixin):
+    """Log-mel -> waveform without learned weights: InverseMelScale then Griffin-Lim."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, sample_rate: int = 16000, n_fft: int = 1024, hop_length: int = 160, n_mels: int = 64,
+                 n_iter: int = 32) -> None:
+        super().__init__()
+        import torchaudio
+
+        self.inverse_mel = torchaudio.transforms.InverseMelScale(
+            n_stft=n_fft // 2 + 1, n_mels=n_mels, sample_rate=sample_rate, f_min=0.0, f_max=F_MAX,
+            norm="slaney", mel_scale="slaney",
+        )
+        self.griffin_lim = torchaudio.transforms.GriffinLim(
+            n_fft=n_fft, win_length=n_fft, hop_length=hop_length, power=1.0, n_iter=n_iter, rand_init=False,
+        )
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """[B, frames, n_mels] -> [B, frames * hop] waveform."""
+        magnitude = torch.exp(log_mel.float()).transpose(1, 2)  # [B, n_mels, frames]
+        linear = self.inverse_mel(magnitude).clamp_min(0.0)
+        wave = self.griffin_lim(linear)
+        return wave[..., : log_mel.shape[1] * self.config.hop_length]

@@ -1,0 +1,1 @@
+"""Training: the tiny prior and the image aligner."""

@@ -1,0 +1,209 @@
+"""Train the Image Aligner through the frozen prior: ε-MSE (or the scheduler's target) on cached
+image embeddings and cached latents; nothing is re-encoded.
+
+Every random draw of step `s` (batch, noise, timesteps) comes from a generator seeded by
+(seed, s), so a run resumed from a checkpoint reaches exactly the weights of an uninterrupted one.
+Data parallel through accelerate: each process takes its slice of the step's global batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from art2mus.config import TrainParams
+from art2mus.io import atomic_path
+from art2mus.models.aligner import ImageAligner
+from art2mus.models.backbone import Backbone
+from art2mus.training.diffusion import diffusion_target, min_snr_weights, per_sample_mse, sample_noise_and_timesteps
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "training_state.pt"
+
+
+@dataclass
+class AlignerData:
+    """Training pairs: frozen image embeddings and the latents of their tracks' crops."""
+
+    image_embeds: torch.Tensor  # [N, D]
+    latents: torch.Tensor  # [N, C, H, W]
+
+    def __post_init__(self) -> None:
+        if len(self.image_embeds) != len(self.latents):
+            raise ValueError("image embeddings and latents must pair up one to one")
+
+
+@dataclass
+class TrainResult:
+    aligner: ImageAligner
+    losses: list[tuple[int, float]]
+    seconds: float
+    resumed_from: int  # 0 when started fresh
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator for one optimisation step: independent of how many steps ran before."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def lr_multiplier(step: int, params: TrainParams) -> float:
+    if step < params.warmup_steps:
+        return (step + 1) / params.warmup_steps
+    if params.schedule == "constant":
+        return 1.0
+    progress = (step - params.warmup_steps) / max(1, params.steps - params.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def new_aligner(image_dim: int, lm_width: int, params: TrainParams) -> ImageAligner:
+    """A freshly initialised aligner, deterministic in params.seed."""
+    torch.manual_seed(params.seed)
+    return ImageAligner(image_dim=image_dim, lm_width=lm_width, tokens=params.tokens,
+                        hidden_dim=params.hidden_dim, depth=params.depth)
+
+
+def aligner_loss(
+    aligner: torch.nn.Module, backbone: Backbone, image_embeds: torch.Tensor, latents: torch.Tensor,
+    generator: torch.Generator, min_snr_gamma: float | None,
+) -> torch.Tensor:
+    """The diffusion loss of one (micro-)batch through the frozen GPT-2 and UNet."""
+    noise, timesteps = sample_noise_and_timesteps(latents, backbone.scheduler, generator)
+    noisy = backbone.scheduler.add_noise(latents, noise, timesteps)
+    loa = backbone.language_of_audio(aligner(image_embeds))
+    prediction = backbone.predict(noisy, timesteps, loa)
+    losses = per_sample_mse(prediction, diffusion_target(backbone.scheduler, latents, noise, timesteps))
+    if min_snr_gamma is not None:
+        losses = losses * min_snr_weights(backbone.scheduler, timesteps, min_snr_gamma)
+    return losses.mean()
+
+
+def weights_sha256(aligner: ImageAligner) -> str:
+    """Hash of the aligner's tensors (names, dtypes, shapes, bytes): its identity."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(aligner.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    directory = out_dir / CHECKPOINTS_DIR
+    found = sorted(directory.glob("step-*")) if directory.is_dir() else []
+    return found[-1] if found else None
+
+
+def save_checkpoint(out_dir: Path, step: int, aligner: ImageAligner, optimizer, schedule, losses, params: TrainParams) -> None:
+    """Aligner (safetensors), optimizer, LR schedule, step, RNG states and config; old ones pruned."""
+    path = out_dir / CHECKPOINTS_DIR / f"step-{step:07d}"
+    with atomic_path(path) as tmp:
+        aligner.save_pretrained(tmp / "aligner")
+        torch.save({
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "losses": losses,
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state()[1].tolist(),
+            "python_rng": random.getstate()[1],
+            "config": params.model_dump(mode="json"),
+        }, tmp / STATE_FILE)
+    for old in sorted((out_dir / CHECKPOINTS_DIR).glob("step-*"))[: -params.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def train_aligner(
+    data: AlignerData,
+    backbone: Backbone,
+    params: TrainParams,
+    out_dir: Path,
+    resume: bool = False,
+    log_loss: Callable[[int, float], None] | None = None,
+    quiet: bool = False,
+) -> TrainResult:
+    """Train (or resume) the aligner; only rank 0 writes checkpoints. Returns the unwrapped aligner."""
+    from accelerate import Accelerator
+
+    torch.set_num_threads(params.threads)
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    started = time.perf_counter()
+    backbone.eval().to(accelerator.device)
+    aligner = new_aligner(data.image_embeds.shape[1], backbone.lm_width, params)
+    optimizer = torch.optim.AdamW(aligner.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, params))
+    losses: list[tuple[int, float]] = []
+    first_step = 0
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:
+        state = torch.load(checkpoint / STATE_FILE, weights_only=True)
+        aligner.load_state_dict(ImageAligner.from_pretrained(checkpoint / "aligner").state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        losses = [tuple(item) for item in state["losses"]]
+        first_step = int(state["step"])
+        logger.info("train: resuming from %s (step %d)", checkpoint, first_step)
+    aligner, optimizer = accelerator.prepare(aligner, optimizer)
+    image_embeds = data.image_embeds.to(accelerator.device)
+    latents = data.latents.to(accelerator.device)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    micro = params.batch_size // params.grad_accum
+    if micro % world:
+        raise ValueError(f"batch_size/grad_accum ({micro}) must divide by the number of processes ({world})")
+
+    bar = tqdm(range(first_step, params.steps), desc="train", unit="step", disable=quiet or rank != 0, leave=False)
+    for step in bar:
+        generator = step_generator(params.seed, step)
+        indices = torch.randint(len(latents), (params.batch_size,), generator=generator)
+        step_loss = 0.0
+        for part in range(params.grad_accum):
+            chunk = indices[part * micro: (part + 1) * micro][rank::world].to(accelerator.device)
+            # Every process draws the full step's noise stream, then uses its own slice of it.
+            part_generator = step_generator(params.seed, step * 1000 + part + 1)
+            with accelerator.autocast():
+                loss = aligner_loss(aligner, backbone, image_embeds[chunk], latents[chunk],
+                                    _sliced(part_generator, micro, rank, world), params.min_snr_gamma)
+            if part < params.grad_accum - 1:
+                with accelerator.no_sync(aligner):
+                    accelerator.backward(loss / params.grad_accum)
+            else:
+                accelerator.backward(loss / params.grad_accum)
+            step_loss += loss.detach().item() / params.grad_accum
+        accelerator.clip_grad_norm_(aligner.parameters(), params.grad_clip)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append((step, step_loss))
+        if log_loss is not None and rank == 0:
+            log_loss(step, step_loss)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        done = step + 1
+        if rank == 0 and (done % params.checkpoint_every == 0 or done == params.steps):
+            save_checkpoint(out_dir, done, accelerator.unwrap_model(aligner), optimizer, schedule, losses, params)
+        accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - started
+    return TrainResult(aligner=accelerator.unwrap_model(aligner).eval(), losses=losses, seconds=seconds,
+                       resumed_from=first_step)
+
+
+def _sliced(generator: torch.Generator, micro: int, rank: int, world: int) -> torch.Generator:
+    """A generator positioned for this rank's slice (one world-size process just uses it as is)."""
+    if world == 1:
+        return generator
+    # Advance past the draws of lower ranks so ranks never share noise.
+    seed = int(torch.randint(2**62, (1,), generator=generator)) + rank
+    return torch.Generator().manual_seed(seed)
