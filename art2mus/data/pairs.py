@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -55,10 +56,57 @@ def pairs_from_file(
     return pairs.astype({c: "string" for c, kind in PAIR_COLUMNS.items() if kind == "string"}), dropped
 
 
-# `similarity` (one-to-one assignment by cross-modal cosine in a declared shared space) joins
-# here when the features stage provides embeddings.
+FEATURES_DIR = "data/features"  # where the features stage writes embeddings (features.out_dir)
+
+
+def join_manifests(pairs: pd.DataFrame, artworks: pd.DataFrame, tracks: pd.DataFrame) -> pd.DataFrame:
+    """[artwork_id, track_id] pairs with the PAIR_COLUMNS the manifests hold, sorted by artwork."""
+    joined = pairs[["artwork_id", "track_id"]].merge(
+        artworks[["artwork_id", "artist", "style", "genre"]], on="artwork_id", how="left"
+    ).merge(
+        tracks[["track_id", "genre_top", "license"]].rename(columns={"genre_top": "track_genre_top"}),
+        on="track_id", how="left",
+    )
+    joined = joined[list(PAIR_COLUMNS)].sort_values("artwork_id").reset_index(drop=True)
+    return joined.astype({c: "string" for c, kind in PAIR_COLUMNS.items() if kind == "string"})
+
+
+def pairs_by_similarity(
+    params: PairParams, artworks: pd.DataFrame, tracks: pd.DataFrame, features_dir: str | Path = FEATURES_DIR
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One-to-one pairs by cross-modal cosine of the features stage's embeddings; returns (pairs, dropped)."""
+    # Imported here: the features stage (and torch) are needed only by this method.
+    from art2mus.data.features import load_embeddings
+    from art2mus.data.similarity import pair_by_similarity
+
+    image_ids, image_emb, image_encoder, image_space = load_embeddings(Path(features_dir), "image")
+    audio_ids, audio_emb, audio_encoder, audio_space = load_embeddings(Path(features_dir), "audio")
+    image_ids = pd.Series(image_ids, dtype="string")
+    audio_ids = pd.Series(audio_ids).astype("int64")
+    image_rows = image_ids.isin(artworks["artwork_id"]).to_numpy()
+    audio_rows = audio_ids.isin(tracks["track_id"]).to_numpy()
+    logger.info("pair: similarity of %s (%s) and %s (%s) embeddings from %s; %d image and %d audio "
+                "embedding(s) of items not in the manifests ignored", image_encoder, image_space, audio_encoder,
+                audio_space, features_dir, int((~image_rows).sum()), int((~audio_rows).sum()))
+    result = pair_by_similarity(
+        image_ids[image_rows].tolist(), image_emb[image_rows], audio_ids[audio_rows].tolist(), audio_emb[audio_rows],
+        image_space, audio_space, params.similarity,
+    )
+    logger.info("pair: similarity report %s", json.dumps(result.report))
+    missing = artworks.loc[~artworks["artwork_id"].isin(image_ids), ["artwork_id"]]
+    no_embedding = missing.assign(
+        track_id=pd.array([pd.NA] * len(missing), dtype="Int64"), similarity=float("nan"),
+        reason=f"no image embedding in {features_dir} (re-run the features stage)",
+    )
+    dropped = result.dropped
+    if len(no_embedding):
+        dropped = pd.concat([dropped, no_embedding.astype(dropped.dtypes.to_dict())], ignore_index=True)
+    return join_manifests(result.pairs, artworks, tracks), dropped.sort_values("artwork_id").reset_index(drop=True)
+
+
 PAIRING_METHODS: dict[str, Callable[[PairParams, pd.DataFrame, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]]] = {
     "given": pairs_from_file,
+    "similarity": pairs_by_similarity,
 }
 
 

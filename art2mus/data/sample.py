@@ -1,26 +1,35 @@
 """The embedded sample: a synthetic ArtGraph + FMA in their real layouts, with a planted correspondence.
 
-Every artwork is paired with one track. Three factors are drawn independently and (balanced)
-uniformly per pair; each is rendered in the painting AND in the music:
+Every artwork is paired with one track. Three factors are drawn independently and balanced over
+their levels per pair; each is visible in the painting AND audible in the music:
 
-| factor      | levels                      | in the painting                      | in the music                                       | labels                 |
-|-------------|-----------------------------|--------------------------------------|----------------------------------------------------|------------------------|
-| palette     | warm, green, blue, purple   | hue family of both paint colours     | register: tonic A5, A4, A3, A2 (880/440/220/110 Hz) | -                      |
-| texture     | smooth, medium, busy        | 2, 5, 12 bands across the canvas     | tempo: 2, 4, 8 notes per second                    | -                      |
-| composition | horizontal, vertical, radial| horizontal bands, vertical bands, rings | timbre: sine, square (odd harmonics), saw (all) | style <-> genre_top    |
+| factor      | level      | painting                  | music                                  |
+|-------------|------------|---------------------------|----------------------------------------|
+| palette     | warm       | red/orange hues           | high register, tonic A5 (880 Hz)       |
+|             | green      | green hues                | mid-high register, tonic A4 (440 Hz)   |
+|             | blue       | blue hues                 | mid-low register, tonic A3 (220 Hz)    |
+|             | purple     | purple hues               | low register, tonic A2 (110 Hz)        |
+| texture     | smooth     | 2 bands across the canvas | 2 notes per second                     |
+|             | medium     | 5 bands                   | 4 notes per second                     |
+|             | busy       | 12 bands                  | 8 notes per second                     |
+| composition | horizontal | horizontal bands          | sine timbre                            |
+|             | vertical   | vertical bands            | square timbre (odd harmonics, 1/k)     |
+|             | radial     | concentric rings          | sawtooth timbre (all harmonics, 1/k)   |
 
-style: horizontal = Color Field Painting, vertical = Minimalism, radial = Orphism;
-genre_top: sine = Classical, square = Electronic, saw = Rock.
+Labels: the ArtGraph `style` follows the composition (horizontal = Color Field Painting, vertical =
+Minimalism, radial = Orphism) and the FMA `genre_top` the timbre (sine = Classical, square =
+Electronic, saw = Rock), so style <-> genre is a label-level image of the same factor. Melodies use
+the tonic's major pentatonic scale within one octave (0-9 semitones up), so the registers never
+overlap; even the slowest tempo puts 5 notes in the model's 2.56 s crop.
 
-Melodies use the major pentatonic scale of the tonic within one octave (0-9 semitones above it), so
-the four registers never overlap. Nuisances carry no signal about the other modality and are drawn
-independently of the factors: painting rotation (+-12 deg), ring centre, band phase, band-count and
-hue jitter, saturation, brightness, pixel grain, a few neutral grey shapes; music melody contour
-(rising, falling, wandering), tempo jitter (+-4 %), detune (+-20 cents), start offset, note
-velocities, peak level (0.25-0.5) and a white-noise floor. Painters are Zipf-distributed over
-artworks and each has a characteristic hand (favourite painting genre, media, grain, shape mark), but
-the factors are drawn per artwork, so an artist is no shortcut to them (splits are grouped by
-artist). Music artists are Zipf-distributed too and independent of everything else.
+Nuisances carry no signal about the other modality and are independent of the factors: in the
+paintings rotation (+-12 deg), ring centre, band phase, band-count and hue jitter, saturation,
+brightness, 0-5 neutral grey shapes and pixel grain; in the music the melody contour (rising,
+falling, wandering), tempo jitter (+-4 %), detune (+-20 cents), start offset, note velocities, peak
+level (0.25-0.5) and a white-noise floor. Painters get Zipf-like numbers of works and a
+characteristic hand (favourite painting genre, media, grain, shape kind), but factors are drawn
+per artwork, so the artist is no shortcut to them (the splits are grouped by artist). Music
+artists, albums, sub-genres, licences and FMA subsets are drawn independently of the factors.
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ MELODY_CONTOURS = ["rising", "falling", "wandering"]
 MAX_HARMONICS = 16
 HARMONIC_LIMIT = 0.45  # of the sample rate: harmonics above it are dropped (no aliasing)
 JPEG_QUALITY = 90
+ARTGRAPH_COLUMNS = ["name", "title", "artist", "style", "genre", "date", "emotion", "tags", "media"]
 
 # ---- FMA: real genre ids, licences and layout ---------------------------------------------------
 # genre_id -> (parent, title); the three top levels the timbres map to and some of their children.
@@ -115,18 +125,18 @@ TRACKS_PER_MUSIC_ARTIST = 6  # FMA: ~106k tracks by ~16k artists
 
 # ---- names and labels ---------------------------------------------------------------------------
 FIRST_NAMES = [
-    "Anna", "Bruno", "Camille", "Dora", "Émile", "Frida", "Gustav", "Hélène", "Ivo", "Jonas",
+    "Anna", "Bruno", "Camille", "Dora", "Émile", "Frida", "Gustav", "Helena", "Ivo", "Jonas",
     "Karin", "Leon", "Marta", "Nils", "Olga", "Pablo", "Rosa", "Søren", "Tomas", "Ursula",
     "Vera", "Walter", "Yara", "Zora",
 ]
 LAST_NAMES = [
     "Albrecht", "Berglund", "Castellan", "Dufresne", "Eckhart", "Farkas", "Gardner", "Halloran",
     "Ibáñez", "Janssen", "Kowalczyk", "Lemaître", "Moreau", "Novak", "Okafor", "Petrov",
-    "Quintana", "Rossi", "Sorensen", "Tanaka", "Urbano", "Valdes", "Weiss", "Zielińska",
+    "Quintana", "Rossi", "Sorensen", "Tanaka", "Urbano", "Valdes", "Weiss", "Zielinski",
 ]
 TITLE_NOUNS = [
     "Composition", "Study", "Rhythm", "Harbour", "Garden", "Evening", "Morning", "Interior",
-    "Figure", "Song", "Memory", "Window", "Road", "River", "Field", "Café", "Procession", "Echo",
+    "Figure", "Song", "Memory", "Window", "Road", "River", "Field", "Procession", "Echo", "Bridge",
 ]
 TITLE_ADJECTIVES = [
     "Quiet", "Distant", "Late", "Early", "Silent", "Little", "Great", "Open", "Hidden", "Northern",
@@ -157,7 +167,7 @@ TRACK_WORDS = [
     "Drift", "Signal", "Morning", "Glass", "Orbit", "Ember", "Fold", "Circuit", "Lull", "Spiral",
     "Harbour", "Static", "Bloom", "Tide", "Pulse", "Thread",
 ]
-MUSIC_TAGS = ["'experimental'", "'instrumental'", "'lo-fi'", "'ambient'", "'live'", "'demo'"]
+MUSIC_TAGS = ["experimental", "instrumental", "lo-fi", "ambient", "live", "demo"]
 LOCATIONS = ["Brooklyn, NY", "Berlin", "Montréal", "London, UK", "Austin, TX", "Lisbon", "Tokyo"]
 
 # Independent random streams (so that changing one part never reshuffles another).
@@ -169,8 +179,11 @@ def stream(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed, *keys])
 
 
-def zipf_counts(n_items: int, n_groups: int, rng: np.random.Generator, exponent: float = 1.1) -> np.ndarray:
-    """Split n_items over n_groups with Zipf-like sizes, every group at least one."""
+def zipf_counts(n_items: int, n_groups: int, rng: np.random.Generator, exponent: float = 0.6) -> np.ndarray:
+    """Split n_items over n_groups with Zipf-like sizes, every group at least one.
+
+    A mild exponent: with a few dozen groups the largest still fits an artist-grouped 10 % split.
+    """
     weights = 1.0 / np.arange(1, n_groups + 1) ** exponent
     counts = np.ones(n_groups, dtype=int) + rng.multinomial(n_items - n_groups, weights / weights.sum())
     return rng.permutation(counts)
@@ -247,7 +260,7 @@ def plan_artworks(params: SampleParams, factors: pd.DataFrame, rng: np.random.Ge
         while name in used_names:
             name, copy = f"{stem}-{copy}.jpg", copy + 1
         used_names.add(name)
-        genre = hand["main_genre"] if rng.random() < 0.7 else PAINTING_GENRES[rng.integers(len(PAINTING_GENRES))]
+        genre = hand["main_genre"] if rng.random() < 0.7 else rng.choice(PAINTING_GENRES)
         rows.append({
             "name": name,
             "title": title,
@@ -303,37 +316,44 @@ def plan_tracks(params: SampleParams, pair_factors: pd.DataFrame, rng: np.random
     return tracks
 
 
-def plan_fma_metadata(tracks: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """FMA-style artists, albums, genres, licences and counters, independent of the factors."""
-    n = len(tracks)
-    n_artists = max(3, round(n / TRACKS_PER_MUSIC_ARTIST))
-    artist_of_track = rng.permutation(np.repeat(np.arange(n_artists), zipf_counts(n, n_artists, rng)))
-    band_names = [f"{word} {noun}" for word in BAND_WORDS for noun in BAND_NOUNS]
-    band_order = rng.permutation(len(band_names))
-    artist_names = [
-        band_names[band_order[i % len(band_names)]] + (f" {i // len(band_names) + 1}" if i >= len(band_names) else "")
-        for i in range(n_artists)
-    ]
-    artist_ids = rng.choice(np.arange(1, 25000), n_artists, replace=False)
-    artist_locations = rng.choice(LOCATIONS + [""], n_artists)
+def fma_ancestors(genre_id: int) -> list[int]:
+    """The genre and every parent up to its top level."""
+    chain = [genre_id]
+    while FMA_GENRES[chain[-1]][0] != 0:
+        chain.append(FMA_GENRES[chain[-1]][0])
+    return chain
 
-    # Albums: each artist's tracks in albums of up to four; track number within the album.
-    album_of_track = np.zeros(n, dtype=int)
-    number = np.zeros(n, dtype=int)
+
+def fma_top_level(genre_id: int) -> int:
+    """The top-level genre a genre belongs to."""
+    return fma_ancestors(genre_id)[-1]
+
+
+def numbered_names(pool: list[str], n: int, rng: np.random.Generator) -> list[str]:
+    """n distinct names from a pool in random order, numbered once the pool runs out."""
+    order = rng.permutation(len(pool))
+    names = [pool[order[i % len(pool)]] for i in range(n)]
+    return [name + (f" {i // len(pool) + 1}" if i >= len(pool) else "") for i, name in enumerate(names)]
+
+
+def plan_albums(artist_of_track: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each artist's tracks in albums of up to four: album index and track number per track."""
+    album_of_track = np.zeros(len(artist_of_track), dtype=int)
+    number = np.zeros(len(artist_of_track), dtype=int)
     n_albums = 0
-    for artist in range(n_artists):
+    for artist in np.unique(artist_of_track):
         members = np.flatnonzero(artist_of_track == artist)
-        for position, track in enumerate(members):
-            album_of_track[track] = n_albums + position // 4
-            number[track] = position % 4 + 1
+        album_of_track[members] = n_albums + np.arange(len(members)) // 4
+        number[members] = np.arange(len(members)) % 4 + 1
         n_albums += math.ceil(len(members) / 4)
-    album_ids = rng.choice(np.arange(1, 22000), n_albums, replace=False)
-    album_titles = [f"{TRACK_WORDS[a]} {TRACK_WORDS[b]}" for a, b in rng.integers(len(TRACK_WORDS), size=(n_albums, 2))]
-    album_sizes = np.bincount(album_of_track, minlength=n_albums)
+    return album_of_track, number
 
+
+def plan_genre_lists(genre_tops: pd.Series, rng: np.random.Generator) -> tuple[list, list]:
+    """FMA `genres` (the top level, a sub-genre, or both) and `genres_all` (with every ancestor)."""
     genres, genres_all = [], []
-    for genre_top in tracks["genre_top"]:
-        top_id = next(gid for gid, (parent, title) in FMA_GENRES.items() if parent == 0 and title == genre_top)
+    for genre_top in genre_tops:
+        top_id = next(gid for gid, (parent, title) in FMA_GENRES.items() if (parent, title) == (0, genre_top))
         children = [gid for gid in FMA_GENRES if gid != top_id and fma_top_level(gid) == top_id]
         form = rng.integers(3)
         chosen = [top_id] if form == 0 else [int(rng.choice(children))]
@@ -341,22 +361,45 @@ def plan_fma_metadata(tracks: pd.DataFrame, rng: np.random.Generator) -> pd.Data
             chosen = sorted({top_id, *chosen})
         genres.append(chosen)
         genres_all.append(sorted({ancestor for gid in chosen for ancestor in fma_ancestors(gid)}))
+    return genres, genres_all
 
+
+def two_word_titles(n: int, rng: np.random.Generator) -> list[str]:
+    """Neutral album and track titles."""
+    pairs = rng.integers(len(TRACK_WORDS), size=(n, 2))
+    return [f"{TRACK_WORDS[a]} {TRACK_WORDS[b]}" if a != b else f"Untitled {a + 1}" for a, b in pairs]
+
+
+def plan_fma_metadata(tracks: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """FMA-style artists, albums, genres, licences and counters, independent of the factors."""
+    n = len(tracks)
+    n_artists = max(3, round(n / TRACKS_PER_MUSIC_ARTIST))
+    artist_of_track = rng.permutation(np.repeat(np.arange(n_artists), zipf_counts(n, n_artists, rng)))
+    band_names = [f"{word} {noun}" for word in BAND_WORDS for noun in BAND_NOUNS]
+    artist_names = numbered_names(band_names, n_artists, rng)
+    artist_ids = rng.choice(np.arange(1, 25000), n_artists, replace=False)
+    artist_locations = rng.choice(LOCATIONS + [""], n_artists)
+
+    album_of_track, number = plan_albums(artist_of_track)
+    n_albums = album_of_track.max() + 1
+    album_ids = rng.choice(np.arange(1, 22000), n_albums, replace=False)
+    album_titles = np.array(two_word_titles(n_albums, rng), dtype=object)
+
+    genres, genres_all = plan_genre_lists(tracks["genre_top"], rng)
     span = int((FMA_LAST_DATE - FMA_FIRST_DATE).total_seconds())
-    created = [FMA_FIRST_DATE + timedelta(seconds=int(s)) for s in rng.integers(0, span, n)]
+    created = np.array([FMA_FIRST_DATE + timedelta(seconds=int(s)) for s in rng.integers(0, span, n)])
+    album_created = pd.Series(created).groupby(album_of_track).min()  # an album predates its tracks
+    n_tags = rng.integers(0, 3, n)
     return pd.DataFrame({
-        "music_artist": [artist_names[a] for a in artist_of_track],
+        "music_artist": np.array(artist_names, dtype=object)[artist_of_track],
         "music_artist_id": artist_ids[artist_of_track],
         "music_artist_location": artist_locations[artist_of_track],
         "album_id": album_ids[album_of_track],
-        "album_title": [album_titles[a] for a in album_of_track],
-        "album_tracks": album_sizes[album_of_track],
-        "album_date_created": [created[np.flatnonzero(album_of_track == a)[0]] for a in album_of_track],
+        "album_title": album_titles[album_of_track],
+        "album_tracks": np.bincount(album_of_track)[album_of_track],
+        "album_date_created": album_created.to_numpy()[album_of_track],
         "number": number,
-        "title": [
-            f"{TRACK_WORDS[a]} {TRACK_WORDS[b]}" if a != b else f"Untitled {a + 1}"
-            for a, b in rng.integers(len(TRACK_WORDS), size=(n, 2))
-        ],
+        "title": two_word_titles(n, rng),
         "genres": genres,
         "genres_all": genres_all,
         "license": weighted_choice(FMA_LICENSES, n, rng),
@@ -367,20 +410,8 @@ def plan_fma_metadata(tracks: pd.DataFrame, rng: np.random.Generator) -> pd.Data
         "favorites": rng.poisson(1.0, n),
         "interest": np.round(np.exp(rng.normal(7.0, 1.2, n))).astype(int),
         "language_code": rng.choice(["en", "en", ""], n),
-        "track_tags": [f"[{', '.join(rng.choice(MUSIC_TAGS, k, replace=False))}]" for k in rng.integers(0, 3, n)],
+        "track_tags": [str(sorted(rng.choice(MUSIC_TAGS, k, replace=False).tolist())) for k in n_tags],
     })
-
-
-def fma_ancestors(genre_id: int) -> list[int]:
-    """The genre and every parent up to its top level."""
-    chain = [genre_id]
-    while FMA_GENRES[chain[-1]][0] != 0:
-        chain.append(FMA_GENRES[chain[-1]][0])
-    return chain
-
-
-def fma_top_level(genre_id: int) -> int:
-    return fma_ancestors(genre_id)[-1]
 
 
 # ---- rendering ----------------------------------------------------------------------------------
@@ -402,7 +433,8 @@ def render_painting(artwork: pd.Series, size: int, rng: np.random.Generator) -> 
     hue = (PALETTE_HUES[artwork["palette"]] + artwork["image_hue_jitter"]) % 1.0
     saturation, brightness = artwork["image_saturation"], artwork["image_brightness"]
     dark = np.array(colorsys.hsv_to_rgb(hue, saturation, 0.45 * brightness))
-    light = np.array(colorsys.hsv_to_rgb((hue + rng.uniform(-0.03, 0.03)) % 1.0, 0.6 * saturation, 0.95 * brightness))
+    light_hue = (hue + rng.uniform(-0.03, 0.03)) % 1.0
+    light = np.array(colorsys.hsv_to_rgb(light_hue, 0.6 * saturation, 0.95 * brightness))
     image = dark * (1.0 - mix[..., None]) + light * mix[..., None]
 
     for _ in range(int(artwork["image_shapes"])):
@@ -442,7 +474,9 @@ def timbre_amplitudes(timbre: str) -> np.ndarray:
     return 1.0 / k
 
 
-def synthesise_music(track: pd.Series, sample_rate: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
+def synthesise_music(
+    track: pd.Series, sample_rate: int, seconds: float, rng: np.random.Generator
+) -> np.ndarray:
     """One mono track as float32: a pentatonic melody, one note per beat, with the track's timbre."""
     n_samples = round(seconds * sample_rate)
     note_seconds = 1.0 / (track["notes_per_second"] * track["tempo_jitter"])
@@ -484,18 +518,21 @@ def fma_track_path(track_id: int) -> str:
 
 
 def write_paintings(root: Path, artworks: pd.DataFrame, params: SampleParams) -> None:
+    """Render every painting into artgraph/imagesf2/<name> as JPEG."""
     images_dir = root / "artgraph" / "imagesf2"
     images_dir.mkdir(parents=True)
     for index, artwork in artworks.iterrows():
         pixels = render_painting(artwork, params.image_size, stream(params.seed, STREAM_PAINTING, index))
-        Image.fromarray(pixels, mode="RGB").save(images_dir / artwork["name"], format="JPEG", quality=JPEG_QUALITY)
+        image = Image.fromarray(pixels, mode="RGB")
+        image.save(images_dir / artwork["name"], format="JPEG", quality=JPEG_QUALITY)
 
 
 def write_music(root: Path, tracks: pd.DataFrame, params: SampleParams, audio: AudioParams) -> list[int]:
     """Encode every track as MP3; returns each file's size in bytes."""
     sizes = []
     for index, track in tracks.iterrows():
-        samples = synthesise_music(track, audio.sample_rate, params.track_seconds, stream(params.seed, STREAM_MUSIC, index))
+        rng = stream(params.seed, STREAM_MUSIC, index)
+        samples = synthesise_music(track, audio.sample_rate, params.track_seconds, rng)
         path = root / "fma" / fma_track_path(int(track["track_id"]))
         path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(path, samples, audio.sample_rate, format="MP3", subtype="MPEG_LAYER_III")
@@ -507,7 +544,7 @@ def fma_tracks_table(tracks: pd.DataFrame, seconds: float, sizes: list[int]) -> 
     """tracks.csv as FMA writes it: (top level, field) columns, index `track_id`, sorted by id."""
     date = "%Y-%m-%d %H:%M:%S"
     columns = {
-        ("album", "date_created"): [d.strftime(date) for d in tracks["album_date_created"]],
+        ("album", "date_created"): pd.to_datetime(tracks["album_date_created"]).dt.strftime(date),
         ("album", "id"): tracks["album_id"],
         ("album", "tags"): "[]",
         ("album", "title"): tracks["album_title"],
@@ -520,7 +557,7 @@ def fma_tracks_table(tracks: pd.DataFrame, seconds: float, sizes: list[int]) -> 
         ("set", "split"): tracks["split"],
         ("set", "subset"): tracks["subset"],
         ("track", "bit_rate"): [round(size * 8 / seconds, -3) for size in sizes],
-        ("track", "date_created"): [d.strftime(date) for d in tracks["date_created"]],
+        ("track", "date_created"): pd.to_datetime(tracks["date_created"]).dt.strftime(date),
         ("track", "duration"): max(1, round(seconds)),
         ("track", "favorites"): tracks["favorites"],
         ("track", "genre_top"): tracks["genre_top"],
@@ -534,9 +571,12 @@ def fma_tracks_table(tracks: pd.DataFrame, seconds: float, sizes: list[int]) -> 
         ("track", "tags"): tracks["track_tags"],
         ("track", "title"): tracks["title"],
     }
-    table = pd.DataFrame({key: (value.to_numpy() if isinstance(value, pd.Series) else value) for key, value in columns.items()})
+    index = pd.Index(tracks["track_id"].to_numpy(), name="track_id")
+    table = pd.DataFrame(
+        {key: value.to_numpy() if isinstance(value, pd.Series) else value for key, value in columns.items()},
+        index=index,
+    )
     table.columns = pd.MultiIndex.from_tuples(table.columns)
-    table.index = pd.Index(tracks["track_id"].to_numpy(), name="track_id")
     table[("track", "bit_rate")] = table[("track", "bit_rate")].astype(int)
     return table.sort_index()
 
@@ -553,36 +593,41 @@ def fma_genres_table(tracks: pd.DataFrame) -> pd.DataFrame:
 
 def factors_table(artworks: pd.DataFrame, tracks: pd.DataFrame) -> pd.DataFrame:
     """Ground truth per track: factor levels, their renderings, labels and every nuisance."""
-    n_pairs = len(artworks)
-    image_columns = [c for c in artworks.columns if c.startswith("image_")]
-    table = pd.DataFrame({
-        "artwork_id": list(artworks["name"]) + [""] * (len(tracks) - n_pairs),
-        "track_id": tracks["track_id"].to_numpy(),
-        "kind": np.where(tracks["paired"], "pair", "extra_track"),
-        "artist": list(artworks["artist"]) + [""] * (len(tracks) - n_pairs),
-        "music_artist": tracks["music_artist"].to_numpy(),
-    })
-    for name in FACTORS:
-        table[name] = tracks[name].to_numpy()
-    for name in ["register", "tonic_midi", "notes_per_second", "timbre", "genre_top"]:
-        table[name] = tracks[name].to_numpy()
-    table["style"] = table["composition"].map(COMPOSITION_STYLES)
-    for name in image_columns + ["grain", "shape_kind"]:
-        values = artworks[name].to_numpy()
-        table[name if name.startswith("image_") else f"image_{name}"] = list(values) + [None] * (len(tracks) - n_pairs)
-    for name in ["melody_contour", "tempo_jitter", "detune_cents", "start_offset", "peak", "noise_floor"]:
-        table[name if name == "melody_contour" else f"audio_{name}"] = tracks[name].to_numpy()
+    music_columns = ["register", "tonic_midi", "notes_per_second", "timbre", "genre_top"]
+    audio_nuisances = ["tempo_jitter", "detune_cents", "start_offset", "peak", "noise_floor"]
+    image_nuisances = [column for column in artworks.columns if column.startswith("image_")]
+    # Extra tracks have no artwork: their artwork columns stay empty.
+    paintings = artworks[["name", "artist", *image_nuisances, "grain", "shape_kind"]].reindex(tracks.index)
+    paintings = paintings.rename(
+        columns={"name": "artwork_id", "grain": "image_grain", "shape_kind": "image_shape_kind"}
+    )
+    paintings["image_shapes"] = paintings["image_shapes"].astype("Int64")
+    table = pd.concat([
+        paintings[["artwork_id"]],
+        tracks[["track_id"]],
+        pd.DataFrame({"kind": np.where(tracks["paired"], "pair", "extra_track")}, index=tracks.index),
+        paintings[["artist"]],
+        tracks[["music_artist", *FACTORS, *music_columns]],
+        pd.DataFrame({"style": tracks["composition"].map(COMPOSITION_STYLES)}, index=tracks.index),
+        paintings.drop(columns=["artwork_id", "artist"]),
+        tracks[["melody_contour"]],
+        tracks[audio_nuisances].add_prefix("audio_"),
+    ], axis=1)
     return table.round(4)
 
 
-def write_tables(root: Path, artworks: pd.DataFrame, tracks: pd.DataFrame, seconds: float, sizes: list[int]) -> None:
-    artgraph_columns = ["name", "title", "artist", "style", "genre", "date", "emotion", "tags", "media"]
-    artworks.sort_values("name")[artgraph_columns].to_csv(root / "artgraph" / "artgraph.csv", index=False, encoding="utf-8")
+def write_tables(
+    root: Path, artworks: pd.DataFrame, tracks: pd.DataFrame, seconds: float, sizes: list[int]
+) -> None:
+    """artgraph.csv, FMA's tracks.csv and genres.csv, the pairs and the ground-truth factors."""
+    artgraph = artworks.sort_values("name")[ARTGRAPH_COLUMNS]
+    artgraph.to_csv(root / "artgraph" / "artgraph.csv", index=False, encoding="utf-8")
     metadata_dir = root / "fma" / "fma_metadata"
     metadata_dir.mkdir(parents=True)
     fma_tracks_table(tracks, seconds, sizes).to_csv(metadata_dir / "tracks.csv", encoding="utf-8")
     fma_genres_table(tracks).to_csv(metadata_dir / "genres.csv", index=False, encoding="utf-8")
-    pairs = pd.DataFrame({"artwork_id": artworks["name"].to_numpy(), "track_id": tracks["track_id"][: len(artworks)].to_numpy()})
+    paired_tracks = tracks.loc[tracks["paired"], "track_id"]  # same order as the artworks
+    pairs = pd.DataFrame({"artwork_id": artworks["name"].to_numpy(), "track_id": paired_tracks.to_numpy()})
     pairs.sort_values("artwork_id").to_csv(root / "artsound_pairs.csv", index=False, encoding="utf-8")
     factors = factors_table(artworks, tracks)
     factors = pd.concat([
@@ -594,42 +639,46 @@ def write_tables(root: Path, artworks: pd.DataFrame, tracks: pd.DataFrame, secon
 
 def readme_text(params: SampleParams, audio: AudioParams) -> str:
     """README.md of the sample: layout and the planted correspondence."""
-    rows = "\n".join(
-        f"| palette | {p} | hue ~{PALETTE_HUES[p]:.2f} | {PALETTE_REGISTERS[p]} register, tonic MIDI {PALETTE_TONICS[p]} "
-        f"({440 * 2 ** ((PALETTE_TONICS[p] - 69) / 12):.0f} Hz) | - |"
-        for p in PALETTE_HUES
-    ) + "\n" + "\n".join(
-        f"| texture | {t} | {TEXTURE_BANDS[t]:g} bands across the canvas | {TEXTURE_NOTES_PER_SECOND[t]:g} notes/s | - |"
-        for t in TEXTURE_BANDS
-    ) + "\n" + "\n".join(
-        f"| composition | {c} | {c} bands" + (" (concentric rings)" if c == "radial" else "")
-        + f" | {COMPOSITION_TIMBRES[c]} timbre | style {COMPOSITION_STYLES[c]} <-> genre_top {TIMBRE_GENRE_TOP[COMPOSITION_TIMBRES[c]]} |"
-        for c in COMPOSITION_TIMBRES
-    )
+    rows = []
+    for level, tonic in PALETTE_TONICS.items():
+        hertz = 440 * 2 ** ((tonic - 69) / 12)
+        rows.append(f"| palette | {level} | hue {PALETTE_HUES[level]:.2f} +- 0.07 | "
+                    f"{PALETTE_REGISTERS[level]} register, tonic MIDI {tonic} ({hertz:.0f} Hz) | |")
+    for level, bands in TEXTURE_BANDS.items():
+        rows.append(f"| texture | {level} | {bands:g} bands across the canvas | "
+                    f"{TEXTURE_NOTES_PER_SECOND[level]:g} notes per second | |")
+    for level, timbre in COMPOSITION_TIMBRES.items():
+        shape = "concentric rings" if level == "radial" else f"{level} bands"
+        rows.append(f"| composition | {level} | {shape} | {timbre} timbre | "
+                    f"style {COMPOSITION_STYLES[level]}, genre_top {TIMBRE_GENRE_TOP[timbre]} |")
+    table = "\n".join(rows)
+    n_tracks = params.n_artworks + params.n_extra_tracks
     return f"""# art2mus sample dataset (synthetic, seed {params.seed})
 
 Generated by `art2mus.data.sample.make_sample`. Everything here is synthetic: fictional painters,
 procedural paintings and synthesised music, laid out exactly like the real sources.
 
 ## Layout
-- `artgraph/artgraph.csv` (name, title, artist, style, genre, date, emotion, tags, media) and
-  `artgraph/imagesf2/<name>`: {params.n_artworks} JPEG paintings, {params.image_size} px square, RGB,
-  by {params.n_artists} painters (Zipf-like counts).
-- `fma/fma_metadata/tracks.csv` (FMA's three-row header; read with
-  `pd.read_csv(path, index_col=0, header=[0, 1])`), `fma/fma_metadata/genres.csv`, and
-  `fma/fma_large/AAA/AAABBB.mp3`: {params.n_artworks + params.n_extra_tracks} mono MP3s,
-  {audio.sample_rate} Hz, {params.track_seconds:g} s ({params.n_extra_tracks} have no artwork).
+- `artgraph/artgraph.csv`: name, title, artist, style, genre, date, emotion, tags, media.
+- `artgraph/imagesf2/<name>`: {params.n_artworks} JPEG paintings ({params.image_size} px, RGB)
+  by {params.n_artists} painters with Zipf-like numbers of works.
+- `fma/fma_metadata/tracks.csv`: FMA's three-row header, read it with
+  `pd.read_csv(path, index_col=0, header=[0, 1])`; `fma/fma_metadata/genres.csv`.
+- `fma/fma_large/AAA/AAABBB.mp3`: {n_tracks} mono MP3s ({audio.sample_rate} Hz,
+  {params.track_seconds:g} s); {params.n_extra_tracks} of them have no artwork. `set.subset` is the
+  smallest FMA subset holding a track (small within medium within large); all files are in fma_large.
 - `artsound_pairs.csv`: the ground-truth one-to-one pairs (artwork_id, track_id).
-- `factors.csv`: per track, every factor level, its renderings and every nuisance variable.
+- `factors.csv`: per track, every factor level, its renderings, the labels and every nuisance
+  (`image_*` for the painting, `audio_*` and `melody_contour` for the music).
 
 ## Planted correspondence
 Three factors, each drawn independently and balanced over its levels per pair, are visible in the
-painting and audible in the music (also within the model's crop: {audio.crop_seconds:g} s from
+painting and audible in the music, also within the model's crop ({audio.crop_seconds:g} s from
 {audio.crop_offset_seconds:g} s).
 
 | factor | level | painting | music | labels |
 | --- | --- | --- | --- | --- |
-{rows}
+{table}
 
 Melodies use the tonic's major pentatonic scale within one octave, so registers never overlap.
 
@@ -670,9 +719,12 @@ def make_sample(params: SampleParams, audio: AudioParams, out_dir: Path) -> dict
         "n_extra_tracks": params.n_extra_tracks,
         "n_artists": params.n_artists,
         "n_music_artists": int(tracks["music_artist"].nunique()),
-        "factors": {name: {level: int((tracks[name] == level).sum()) for level in levels} for name, levels in FACTORS.items()},
-        "styles": {style: int((artworks["style"] == style).sum()) for style in COMPOSITION_STYLES.values()},
-        "genre_top": {genre: int((tracks["genre_top"] == genre).sum()) for genre in TIMBRE_GENRE_TOP.values()},
+        "pair_factors": {name: artworks[name].value_counts().sort_index().to_dict() for name in FACTORS},
+        "styles": artworks["style"].value_counts().sort_index().to_dict(),
+        "genre_top": tracks["genre_top"].value_counts().sort_index().to_dict(),
     }
-    logger.info("sample: %d artworks, %d tracks (%d extra) written to %s", summary["n_artworks"], summary["n_tracks"], summary["n_extra_tracks"], out_dir)
+    logger.info(
+        "sample: %d artworks by %d painters, %d tracks (%d without artwork) written to %s",
+        params.n_artworks, params.n_artists, len(tracks), params.n_extra_tracks, out_dir,
+    )
     return summary

@@ -279,11 +279,21 @@ def load_audioldm2_backbone(source: str, revision: str, max_new_tokens: int, dev
     return backbone.eval()
 
 
-def load_backbone(params: BackboneParams, tiny_path: str | Path | None = None) -> Backbone:
-    """The configured backbone: the trained tiny prior at `tiny_path`, or the real AudioLDM2."""
-    if params.profile == "tiny":
-        path = Path(tiny_path) if tiny_path else None
-        if path is None or not (path / BACKBONE_FILE).is_file():
-            raise BackboneError(f"no trained tiny prior at {path} (run the `prior` stage first)")
+def write_backbone_reference(params: BackboneParams, path: str | Path) -> None:
+    """The real profile's `prior` output: which AudioLDM2 to load (no weights are copied)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    info = {"profile": params.profile, "source": params.source, "revision": params.revision,
+            "max_new_tokens": params.max_new_tokens}
+    (path / BACKBONE_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def load_backbone(path: str | Path) -> Backbone:
+    """The backbone the `prior` stage wrote at `path`: tiny weights, or a reference to AudioLDM2."""
+    path = Path(path)
+    if not (path / BACKBONE_FILE).is_file():
+        raise BackboneError(f"no backbone at {path} (run the `prior` stage first)")
+    info = json.loads((path / BACKBONE_FILE).read_text())
+    if info.get("profile") == "tiny":
         return load_tiny_backbone(path)
-    return load_audioldm2_backbone(params.source, params.revision, params.max_new_tokens)
+    return load_audioldm2_backbone(info["source"], info["revision"], int(info["max_new_tokens"]))

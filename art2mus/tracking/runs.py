@@ -94,9 +94,13 @@ class StageRun:
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Log a file, or every file of a folder (under `artifact_path`)."""
         import mlflow
 
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        if Path(path).is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        else:
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         import mlflow

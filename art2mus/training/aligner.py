@@ -107,7 +107,9 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(out_dir: Path, step: int, aligner: ImageAligner, optimizer, schedule, losses, params: TrainParams) -> None:
+def save_checkpoint(
+    out_dir: Path, step: int, aligner: ImageAligner, optimizer, schedule, losses, params: TrainParams, fingerprint: str
+) -> None:
     """Aligner (safetensors), optimizer, LR schedule, step, RNG states and config; old ones pruned."""
     path = out_dir / CHECKPOINTS_DIR / f"step-{step:07d}"
     with atomic_path(path) as tmp:
@@ -121,6 +123,7 @@ def save_checkpoint(out_dir: Path, step: int, aligner: ImageAligner, optimizer, 
             "numpy_rng": np.random.get_state()[1].tolist(),
             "python_rng": random.getstate()[1],
             "config": params.model_dump(mode="json"),
+            "fingerprint": fingerprint,
         }, tmp / STATE_FILE)
     for old in sorted((out_dir / CHECKPOINTS_DIR).glob("step-*"))[: -params.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
@@ -134,8 +137,13 @@ def train_aligner(
     resume: bool = False,
     log_loss: Callable[[int, float], None] | None = None,
     quiet: bool = False,
+    fingerprint: str = "",
 ) -> TrainResult:
-    """Train (or resume) the aligner; only rank 0 writes checkpoints. Returns the unwrapped aligner."""
+    """Train (or resume) the aligner; only rank 0 writes checkpoints. Returns the unwrapped aligner.
+
+    A checkpoint is resumed only when its `fingerprint` (params, data, prior) equals this run's;
+    checkpoints of another configuration are discarded.
+    """
     from accelerate import Accelerator
 
     torch.set_num_threads(params.threads)
@@ -149,8 +157,13 @@ def train_aligner(
     losses: list[tuple[int, float]] = []
     first_step = 0
     checkpoint = latest_checkpoint(out_dir) if resume else None
-    if checkpoint is not None:
-        state = torch.load(checkpoint / STATE_FILE, weights_only=True)
+    state = torch.load(checkpoint / STATE_FILE, weights_only=True) if checkpoint is not None else None
+    if state is not None and state.get("fingerprint") != fingerprint:
+        logger.info("train: checkpoints in %s are from another configuration; starting fresh", out_dir)
+        state = None
+    if state is None and accelerator.is_main_process:
+        shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
+    if state is not None:
         aligner.load_state_dict(ImageAligner.from_pretrained(checkpoint / "aligner").state_dict())
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -193,7 +206,8 @@ def train_aligner(
         bar.set_postfix(loss=f"{step_loss:.4f}")
         done = step + 1
         if rank == 0 and (done % params.checkpoint_every == 0 or done == params.steps):
-            save_checkpoint(out_dir, done, accelerator.unwrap_model(aligner), optimizer, schedule, losses, params)
+            save_checkpoint(out_dir, done, accelerator.unwrap_model(aligner), optimizer, schedule, losses, params,
+                            fingerprint)
         accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
     return TrainResult(aligner=accelerator.unwrap_model(aligner).eval(), losses=losses, seconds=seconds,

@@ -1,0 +1,138 @@
+"""Art2MusPipeline: image(s) -> music, from the parts (encoder, aligner, backbone) like a diffusers pipeline.
+
+A packaged model is a folder: `aligner/` (safetensors + config), `prior/` (the tiny backbone's weights,
+or a reference to AudioLDM2), and `model.json` (the image encoder's spec and the identities of
+every part), so it generates without the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from art2mus.config import EncoderSpec
+from art2mus.errors import Art2MusError
+from art2mus.models.aligner import ImageAligner
+from art2mus.models.backbone import Backbone, load_backbone
+
+MODEL_FILE = "model.json"
+SchedulerName = Literal["dpmsolver++", "ddim"]
+
+
+@dataclass
+class GenerationConfig:
+    """How to sample: scheduler, steps, guidance, length, seed, batch."""
+
+    scheduler: SchedulerName = "dpmsolver++"
+    steps: int = 25
+    guidance_scale: float = 3.5
+    seconds: float | None = None  # None: the prior's crop length
+    seed: int = 0
+    batch_size: int = 4
+
+
+def make_scheduler(backbone: Backbone, name: SchedulerName):
+    """A sampling scheduler sharing the prior's training noise schedule."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    if name == "ddim":
+        return DDIMScheduler.from_config(backbone.scheduler.config)
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(backbone.scheduler.config, algorithm_type="dpmsolver++")
+    raise Art2MusError(f"unknown scheduler {name!r} (choose dpmsolver++ or ddim)")
+
+
+def save_model(path: str | Path, aligner: ImageAligner, prior_dir: str | Path, encoder: EncoderSpec,
+               info: dict[str, Any]) -> None:
+    """Package everything generation needs into one folder."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    aligner.save_pretrained(path / "aligner")
+    shutil.copytree(prior_dir, path / "prior", dirs_exist_ok=True)
+    record = {"image_encoder": encoder.model_dump(mode="json"), **info}
+    (path / MODEL_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+class Art2MusPipeline:
+    """Frozen image encoder -> trained aligner -> frozen GPT-2 + UNet -> codec -> vocoder."""
+
+    def __init__(self, encoder, aligner: ImageAligner, backbone: Backbone, info: dict[str, Any] | None = None) -> None:
+        self.encoder = encoder
+        self.aligner = aligner.eval()
+        self.backbone = backbone.eval()
+        self.info = info or {}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "Art2MusPipeline":
+        """Load a packaged model folder (see `save_model`)."""
+        from art2mus.models.encoders import load_image_encoder
+
+        path = Path(path)
+        if not (path / MODEL_FILE).is_file():
+            raise Art2MusError(f"{path}: not an art2mus model (no {MODEL_FILE})")
+        info = json.loads((path / MODEL_FILE).read_text())
+        encoder = load_image_encoder(EncoderSpec.model_validate(info["image_encoder"]))
+        return cls(encoder, ImageAligner.from_pretrained(path / "aligner"), load_backbone(path / "prior"), info)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.backbone.info["sample_rate"])
+
+    @torch.no_grad()
+    def conditioning(self, images: list) -> torch.Tensor:
+        """[B, max_new_tokens, d_lm] LOA for a batch of PIL images."""
+        embeds = self.encoder.embed_images(images).float()
+        return self.backbone.language_of_audio(self.aligner(embeds))
+
+    def latent_shape(self, seconds: float | None) -> tuple[int, int, int]:
+        """Latent shape for a length: the codec folds time, so length sets the latent height."""
+        channels, height, width = self.backbone.latent_shape
+        if seconds is None:
+            return channels, height, width
+        info = self.backbone.info
+        frames_per_row = info["crop_frames"] // height
+        frames = math.ceil(seconds * info["sample_rate"] / info["hop_length"])
+        return channels, max(1, math.ceil(frames / frames_per_row)), width
+
+    @torch.no_grad()
+    def sample_latents(self, loa: torch.Tensor, config: GenerationConfig, generator: torch.Generator) -> torch.Tensor:
+        """The denoising loop with classifier-free guidance against the prior's null conditioning."""
+        scheduler = make_scheduler(self.backbone, config.scheduler)
+        scheduler.set_timesteps(config.steps)
+        shape = (loa.shape[0], *self.latent_shape(config.seconds))
+        latents = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma
+        guided = config.guidance_scale > 1.0
+        null = self.backbone.null_loa.expand_as(loa)
+        conditioning = torch.cat([null, loa]) if guided else loa
+        for t in scheduler.timesteps:
+            model_input = torch.cat([latents] * 2) if guided else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            prediction = self.backbone.predict(model_input, t.expand(model_input.shape[0]), conditioning)
+            if guided:
+                unconditional, conditional = prediction.chunk(2)
+                prediction = unconditional + config.guidance_scale * (conditional - unconditional)
+            latents = scheduler.step(prediction, t, latents).prev_sample
+        return latents
+
+    @torch.no_grad()
+    def __call__(self, images: list, config: GenerationConfig | None = None) -> list[np.ndarray]:
+        """One waveform (float32, mono, `sample_rate`) per image, of the requested length."""
+        config = config or GenerationConfig()
+        generator = torch.Generator().manual_seed(config.seed)
+        waves: list[np.ndarray] = []
+        for start in range(0, len(images), config.batch_size):
+            loa = self.conditioning(images[start: start + config.batch_size])
+            latents = self.sample_latents(loa, config, generator)
+            audio = self.backbone.vocoder(self.backbone.codec.decode(latents))
+            for wave in audio.float().cpu().numpy():
+                if config.seconds is not None:
+                    wave = wave[: round(config.seconds * self.sample_rate)]
+                waves.append(wave.astype(np.float32))
+        return waves

@@ -1,0 +1,85 @@
+"""Stage `train`: the image aligner through the frozen prior, from cached embeddings and latents.
+
+Writes the final aligner (safetensors + config), a record of the MLflow run id and the weights'
+hash (so a flow knows which model it has when DVC skips this stage), and the loss curve.
+A killed run resumes from its last checkpoint when params, data and prior are unchanged.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from art2mus.config import load_params
+from art2mus.data.latents import load_latents
+from art2mus.data.schema import SPLITS_TABLE
+from art2mus.errors import Art2MusError
+from art2mus.features import load_embeddings
+from art2mus.io import atomic_path, read_table, write_json_atomic, write_table_atomic
+from art2mus.models.backbone import load_backbone
+from art2mus.stage import run_stage
+from art2mus.tracking import stage_run
+from art2mus.training.aligner import AlignerData, train_aligner, weights_sha256
+
+RECORD = Path("models/train_record.json")
+LOSS_PLOT = Path("models/plots/train_loss.csv")
+
+
+def gather_pairs(pairs: pd.DataFrame, image_ids: list[str], image_matrix: torch.Tensor,
+                 track_ids: list[int], latents: torch.Tensor) -> AlignerData:
+    """Rows of the cached image embeddings and latents for each pair, in the pairs' order."""
+    image_row = {artwork_id: i for i, artwork_id in enumerate(image_ids)}
+    latent_row = {track_id: i for i, track_id in enumerate(track_ids)}
+    usable = pairs[pairs["artwork_id"].isin(image_row) & pairs["track_id"].isin(latent_row)]
+    if len(usable) < len(pairs):
+        missing = pairs.loc[~pairs.index.isin(usable.index), "artwork_id"].head(3).tolist()
+        raise Art2MusError(f"{len(pairs) - len(usable)} pair(s) lack cached features or latents, e.g. {missing} "
+                           "(re-run the features and latents stages)")
+    return AlignerData(
+        image_embeds=image_matrix[[image_row[a] for a in usable["artwork_id"]]].float(),
+        latents=latents[[latent_row[t] for t in usable["track_id"]]].float(),
+    )
+
+
+def data_fingerprint(params_json: dict, encoder_id: str, prior_id: str, data: AlignerData) -> str:
+    """What a checkpoint must match to be resumed: params, encoder, prior and the exact tensors."""
+    digest = hashlib.sha256(json.dumps({"params": params_json, "encoder": encoder_id, "prior": prior_id},
+                                       sort_keys=True).encode())
+    digest.update(data.image_embeds.numpy().tobytes())
+    digest.update(data.latents.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main(resume: bool = True) -> None:
+    params = load_params()
+    config = params.train
+    out = Path(config.out_dir)
+    with stage_run("train", config, params.tracking.experiment) as run:
+        backbone = load_backbone(params.prior.out_dir)
+        splits = read_table(SPLITS_TABLE)
+        image_ids, image_matrix, encoder_id, _ = load_embeddings(Path(params.features.out_dir), "image")
+        track_ids, latents = load_latents(Path(params.latents.out_dir))
+        data = gather_pairs(splits[splits["split"] == "train"], image_ids, image_matrix, track_ids, latents)
+        prior_id = backbone.info.get("weights_sha256") or f"{backbone.info['source']}@{backbone.info['revision']}"
+        fingerprint = data_fingerprint(config.model_dump(mode="json"), encoder_id, prior_id, data)
+        result = train_aligner(data, backbone, config, out, resume=resume, fingerprint=fingerprint,
+                               log_loss=lambda step, loss: run.log_metrics({"train_loss": loss}, step=step))
+        with atomic_path(out / "aligner") as tmp:
+            result.aligner.save_pretrained(tmp)
+        digest = weights_sha256(result.aligner)
+        record = {"mlflow_run_id": run.run_id, "weights_sha256": digest, "prior": prior_id,
+                  "backbone": {k: v for k, v in backbone.info.items() if k != "tiny"},
+                  "image_encoder": encoder_id, "train_pairs": len(data.latents), "steps": config.steps,
+                  "final_loss": result.losses[-1][1], "seconds": result.seconds, "resumed_from": result.resumed_from}
+        write_json_atomic(record, RECORD)
+        write_table_atomic(pd.DataFrame(result.losses, columns=["step", "loss"]), LOSS_PLOT)
+        run.log_artifact(out / "aligner", artifact_path="aligner")
+        run.log_artifact(RECORD)
+        run.set_tags({"aligner.weights_sha256": digest, "prior.id": prior_id, "image_encoder": encoder_id})
+        run.log_metrics({"final_loss": record["final_loss"], "seconds": result.seconds})
+
+
+if __name__ == "__main__":
+    run_stage("train", main)
