@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml constraints.txt requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[imagebind]'
 	touch $(STAMP)
 
 run: setup

@@ -19,11 +19,13 @@ from art2mus.errors import Art2MusError
 from art2mus.features import load_embeddings
 from art2mus.io import atomic_path, read_table, write_json_atomic, write_table_atomic
 from art2mus.models.backbone import load_backbone
+from art2mus.models.pipeline import save_model
 from art2mus.stage import run_stage
 from art2mus.tracking import stage_run
 from art2mus.training.aligner import AlignerData, train_aligner, weights_sha256
 
 RECORD = Path("models/train_record.json")
+MODEL_DIR = Path("models/art2mus")  # the packaged model: aligner + prior + encoder spec
 LOSS_PLOT = Path("models/plots/train_loss.csv")
 
 
@@ -73,6 +75,8 @@ def main(resume: bool = True) -> None:
                   "backbone": {k: v for k, v in backbone.info.items() if k != "tiny"},
                   "image_encoder": encoder_id, "train_pairs": len(data.latents), "steps": config.steps,
                   "final_loss": result.losses[-1][1], "seconds": result.seconds, "resumed_from": result.resumed_from}
+        with atomic_path(MODEL_DIR) as tmp:
+            save_model(tmp, result.aligner, params.prior.out_dir, params.features.image_encoder, record)
         write_json_atomic(record, RECORD)
         write_table_atomic(pd.DataFrame(result.losses, columns=["step", "loss"]), LOSS_PLOT)
         run.log_artifact(out / "aligner", artifact_path="aligner")

@@ -17,6 +17,8 @@ BIN = Path(sys.executable).parent
 # A smaller sample than the default keeps the end-to-end run to seconds on 2 cores.
 E2E_PARAMS = {
     "sample": {"n_artworks": 128, "n_extra_tracks": 8, "n_artists": 20, "image_size": 64},
+    "prior": {"steps": 12, "batch_size": 16},
+    "train": {"steps": 12, "batch_size": 16, "checkpoint_every": 5},
 }
 
 

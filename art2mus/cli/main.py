@@ -21,6 +21,16 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and er
 Params = Annotated[Path, typer.Option("--params", help="The params file.")]
 
 
+def import_stage(name: str):
+    """A stage module of the project in the working directory (stages/ is not installed)."""
+    import importlib
+
+    root = str(project_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module(f"stages.{name}")
+
+
 def fail(command: str, error: Exception) -> None:
     typer.echo(f"art2mus: {command}: {error}", err=True)
     raise typer.Exit(1)
@@ -101,6 +111,51 @@ def print_data_summary(root: Path) -> None:
     if splits_path.exists():
         counts = read_table(splits_path)["split"].value_counts().to_dict()
         typer.echo(f"validated splits: {SPLITS_TABLE} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+
+
+@app.command()
+def generate(
+    images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, ...).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the WAV files.")],
+    model: Annotated[str, typer.Option(help="A packaged model folder or an MLflow URI.")] = "models/art2mus",
+    scheduler: Annotated[str, typer.Option(help="dpmsolver++ or ddim.")] = "dpmsolver++",
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 25,
+    guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = 3.5,
+    seconds: Annotated[Optional[float], typer.Option(min=0.1, help="Length (default: the prior's crop).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 4,
+    quiet: Quiet = False,
+) -> None:
+    """One WAV per image (16 kHz); bad images are reported and the others still generate."""
+    from art2mus.generation import generate_files
+    from art2mus.models.pipeline import GenerationConfig
+
+    setup_logging(quiet)
+    configure_environment()
+    config = GenerationConfig(scheduler=scheduler, steps=steps, guidance_scale=guidance, seconds=seconds,
+                              seed=seed, batch_size=batch_size)
+    try:
+        report = generate_files(images, out, model, config)
+    except Art2MusError as error:
+        fail("generate", error)
+    for path in report.written:
+        typer.echo(str(path))
+    if report.failed:
+        typer.echo(f"art2mus: generate: {len(report.failed)} of {len(images)} image(s) failed (see above)", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    resume: Annotated[bool, typer.Option(help="Continue the last compatible checkpoint.")] = True,
+) -> None:
+    """Train the aligner (the `train` stage) from the cached features and latents."""
+    setup_logging()
+    configure_environment()
+    try:
+        import_stage("train").main(resume=resume)
+    except Art2MusError as error:
+        fail("train", error)
 
 
 @app.command("params")

@@ -9,6 +9,7 @@ The real profile uses AudioLDM2's own VAE and HiFi-GAN instead (see backbone.py)
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,24 @@ def peak_normalise(wave: np.ndarray, peak: float = 0.5) -> np.ndarray:
     return wave if top == 0.0 else (wave / top * peak).astype(np.float32)
 
 
+def dct_matrix(n: int) -> torch.Tensor:
+    """Orthonormal DCT-II matrix: rows are basis vectors, so its transpose is its inverse."""
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    i = torch.arange(n, dtype=torch.float64)[None, :]
+    matrix = torch.cos(math.pi / n * (i + 0.5) * k) * math.sqrt(2.0 / n)
+    matrix[0] /= math.sqrt(2.0)
+    return matrix.float()
+
+
 class MelCodec(ModelMixin, ConfigMixin):
-    """Tiny-profile latent: standardised log-mel folded into channels; `decode` inverts exactly."""
+    """Tiny-profile latent: an orthonormal block DCT of the log-mel; `decode` inverts it exactly.
+
+    The log-mel (minus its per-bin train mean) is cut into (fold_time x fold_mel) blocks; each
+    block's DCT coefficients become the channels of one latent position (256 x 64 -> 64 x 16 x 16).
+    One global scale (like AudioLDM's VAE scaling factor) brings the coarse coefficient to unit
+    variance, so detail coefficients stay small: the diffusion loss weighs musical structure
+    (register, rhythm, timbre) over spectral fine print, while nothing is thrown away.
+    """
 
     config_name = "config.json"
 
@@ -92,7 +109,9 @@ class MelCodec(ModelMixin, ConfigMixin):
         if frames % fold_time or n_mels % fold_mel:
             raise ValueError(f"frames {frames} / n_mels {n_mels} must divide by the fold ({fold_time}, {fold_mel})")
         self.register_buffer("mean", torch.zeros(n_mels))
-        self.register_buffer("std", torch.ones(n_mels))
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("dct_time", dct_matrix(fold_time))
+        self.register_buffer("dct_mel", dct_matrix(fold_mel))
 
     @property
     def latent_channels(self) -> int:
@@ -104,25 +123,28 @@ class MelCodec(ModelMixin, ConfigMixin):
         return self.latent_channels, c.frames // c.fold_time, c.n_mels // c.fold_mel
 
     def fit(self, mels: torch.Tensor) -> None:
-        """Per-mel-bin statistics from [N, frames, n_mels] log-mels (the train split's)."""
-        flat = mels.reshape(-1, mels.shape[-1]).double()
-        self.mean.copy_(flat.mean(0).float())
-        self.std.copy_(flat.std(0).clamp_min(1e-3).float())
+        """Per-bin mean and the global scale from [N, frames, n_mels] log-mels (the train split's)."""
+        self.mean.copy_(mels.reshape(-1, mels.shape[-1]).double().mean(0).float())
+        self.scale.fill_(1.0)
+        coarse = self.encode(mels)[:, 0]  # the DC coefficient of every block
+        self.scale.fill_(float(coarse.double().std().clamp_min(1e-3)))
 
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """[B, frames, n_mels] log-mel -> [B, C, frames/ft, n_mels/fm] latent."""
         c = self.config
-        x = (mel - self.mean) / self.std
-        b, t, f = x.shape
-        x = x.reshape(b, t // c.fold_time, c.fold_time, f // c.fold_mel, c.fold_mel)
-        return x.permute(0, 2, 4, 1, 3).reshape(b, self.latent_channels, t // c.fold_time, f // c.fold_mel)
+        b, t, f = mel.shape
+        blocks = (mel - self.mean).reshape(b, t // c.fold_time, c.fold_time, f // c.fold_mel, c.fold_mel)
+        coefficients = torch.einsum("ui,bhiwj,vj->bhwuv", self.dct_time, blocks, self.dct_mel)
+        latents = coefficients.reshape(b, t // c.fold_time, f // c.fold_mel, self.latent_channels)
+        return latents.permute(0, 3, 1, 2) / self.scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Exact inverse of `encode`."""
         c = self.config
         b, _, h, w = latents.shape
-        x = latents.reshape(b, c.fold_time, c.fold_mel, h, w).permute(0, 3, 1, 4, 2)
-        return x.reshape(b, h * c.fold_time, w * c.fold_mel) * self.std + self.mean
+        coefficients = (latents * self.scale).permute(0, 2, 3, 1).reshape(b, h, w, c.fold_time, c.fold_mel)
+        blocks = torch.einsum("ui,bhwuv,vj->bhiwj", self.dct_time, coefficients, self.dct_mel)
+        return blocks.reshape(b, h * c.fold_time, w * c.fold_mel) + self.mean
 
 
 class GriffinLimVocoder(ModelMixin, ConfigMixin):

@@ -9,7 +9,7 @@ vision output is unit-norm and its audio output is unit-norm x 20 averaged over 
 Kinds (`EncoderSpec.name`):
 - `tiny`: real architectures at toy sizes, built from configs in code with a fixed seed (no
   downloads), or loaded from a directory written by their `save_pretrained`.
-  Image: a `CLIPVisionModelWithProjection` (64 px, patch 8, width 128, 2 layers, 128-d
+  Image: a `CLIPVisionModelWithProjection` (64 px, patch 8, width 256, 2 layers, 256-d
   `image_embeds`) with its `CLIPImageProcessor`. Audio: a `ResNetModel` (2 stages, 32/64 channels)
   on a per-clip standardised log-mel (16 kHz, n_fft 1024, hop 160, 64 mels, fmax 8 kHz), pooled by
   statistics over the last feature map (mean, std and mean |time difference| per channel, 192-d).
@@ -37,8 +37,10 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,13 +62,13 @@ SHARED_SPACES = {"imagebind": "imagebind"}  # kind -> the joint image/audio spac
 TINY_SEED = 0
 TINY_VERSION = 1  # bump when the tiny architectures or their pooling change
 TINY_IMAGE_CONFIG = {
-    "hidden_size": 128,
-    "intermediate_size": 256,
+    "hidden_size": 256,
+    "intermediate_size": 512,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "image_size": 64,
     "patch_size": 8,
-    "projection_dim": 128,
+    "projection_dim": 256,
 }
 TINY_IMAGE_PROCESSOR = {"size": {"shortest_edge": 64}, "crop_size": {"height": 64, "width": 64}}
 TINY_AUDIO_CONFIG = {
@@ -180,7 +182,7 @@ def local_digest(path: Path) -> str:
     return digest_files(tuple(files))
 
 
-def tiny_digest(role: str) -> str:
+def tiny_digest(role: str, seed: int = TINY_SEED) -> str:
     """Hash of everything that determines a tiny model built in code."""
     import transformers
 
@@ -189,7 +191,7 @@ def tiny_digest(role: str) -> str:
                   "processor": TINY_IMAGE_PROCESSOR}
     else:
         recipe = {"arch": "ResNetModel+stats-pooling", "config": TINY_AUDIO_CONFIG, "log_mel": TINY_LOG_MEL}
-    recipe.update(seed=TINY_SEED, version=TINY_VERSION, torch=torch.__version__.split("+")[0],
+    recipe.update(seed=seed, version=TINY_VERSION, torch=torch.__version__.split("+")[0],
                   transformers=transformers.__version__)
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode("utf-8")).hexdigest()
 
@@ -231,7 +233,7 @@ def offline_error(kind: str, source: str, role: str, error: Exception) -> Art2Mu
     )
 
 
-def seeded_build(build: Any, seed: int = TINY_SEED) -> Any:
+def seeded_build(build: Callable[[], Any], seed: int = TINY_SEED) -> Any:
     """Call `build()` with torch's CPU generator seeded, leaving the caller's random state untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -292,17 +294,17 @@ class ClipImageEncoder:
         self.processor.save_pretrained(directory)
 
 
-def build_tiny_image_encoder(seed: int = TINY_SEED) -> ClipImageEncoder:
+def build_tiny_image_encoder(seed: int = TINY_SEED, device: str = "cpu") -> ClipImageEncoder:
     """The tiny image encoder: a CLIP vision tower at toy size, seeded (same weights every time)."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     model = seeded_build(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_IMAGE_CONFIG)), seed)
     processor = CLIPImageProcessor(**TINY_IMAGE_PROCESSOR)
-    encoder_id = f"tiny:{tiny_digest('image')[:16]}" if seed == TINY_SEED else f"tiny:seed{seed}"
-    return ClipImageEncoder(model.eval(), processor, encoder_id)
+    return ClipImageEncoder(model, processor, f"tiny:{tiny_digest('image', seed)[:16]}", device)
 
 
 def load_clip(spec: EncoderSpec, encoder_id: str, device: str) -> ClipImageEncoder:
+    """A CLIP vision tower (or a saved tiny one) from a local directory or the hub."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     local = resolve_local(spec.source, spec.name, "image")
@@ -362,14 +364,13 @@ class TinyAudioEmbedder:
         self.model.save_pretrained(directory)
 
 
-def build_tiny_audio_embedder(seed: int = TINY_SEED) -> TinyAudioEmbedder:
+def build_tiny_audio_embedder(seed: int = TINY_SEED, device: str = "cpu") -> TinyAudioEmbedder:
     """The tiny audio embedder: a toy ResNet on log-mels, seeded (same weights every time)."""
     from transformers import ResNetConfig, ResNetModel
 
     config = ResNetConfig(**TINY_AUDIO_CONFIG, **{LOG_MEL_KEY: dict(TINY_LOG_MEL)})
     model = seeded_build(lambda: ResNetModel(config), seed)
-    encoder_id = f"tiny:{tiny_digest('audio')[:16]}" if seed == TINY_SEED else f"tiny:seed{seed}"
-    return TinyAudioEmbedder(model.eval(), encoder_id)
+    return TinyAudioEmbedder(model, f"tiny:{tiny_digest('audio', seed)[:16]}", device)
 
 
 def load_tiny_audio(path: Path, encoder_id: str, device: str) -> TinyAudioEmbedder:
@@ -464,6 +465,9 @@ def imagebind_checkpoint(spec: EncoderSpec, role: str) -> tuple[Path, dict[str, 
         companion = local.with_suffix(".json")
         kwargs = json.loads(companion.read_text(encoding="utf-8")) if companion.is_file() else None
         return local, kwargs
+    legacy = Path(".checkpoints") / Path(IMAGEBIND_HUGE_URL).name  # where imagebind_huge() itself saves it
+    if legacy.is_file():
+        return legacy.resolve(), None
     hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
     cached = hub_dir / Path(IMAGEBIND_HUGE_URL).name
     if not cached.is_file():
@@ -481,9 +485,13 @@ def load_imagebind_model(spec: EncoderSpec, role: str, device: str) -> Any:
     path, kwargs = imagebind_checkpoint(spec, role)
     model = imagebind_model.ImageBindModel(**kwargs) if kwargs else imagebind_model.imagebind_huge(pretrained=False)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: the huge checkpoint is not held twice in memory
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a legacy (non-zip) checkpoint cannot be mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (RuntimeError, OSError, ValueError, EOFError) as error:
+        del state
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
         raise Art2MusError(f"{path}: not a matching ImageBind checkpoint: {str(error).splitlines()[0]}") from None
     keep = "vision" if role == "image" else "audio"
     for modules in (model.modality_preprocessors, model.modality_trunks, model.modality_heads,
@@ -542,6 +550,7 @@ class ImageBindAudioEmbedder:
     sample_rate: int = IMAGEBIND_AUDIO["sample_rate"]
 
     def __init__(self, model: Any, encoder_id: str, device: str = "cpu") -> None:
+        import_imagebind()  # its data helpers below need the shim
         self.model = model
         self.encoder_id = encoder_id
         self.device = device
@@ -569,7 +578,6 @@ class ImageBindAudioEmbedder:
     def embed_audio(self, waveforms: list[np.ndarray], sample_rate: int) -> torch.Tensor:
         if not waveforms:
             return torch.empty(0, self.dim)
-        import_imagebind()
         batch = torch.stack([self.clips(resample(wave, sample_rate, self.sample_rate)) for wave in waveforms])
         return self.model({"audio": batch.to(self.device)})["audio"].float().cpu()
 
@@ -578,16 +586,9 @@ class ImageBindAudioEmbedder:
 def load_image_encoder(spec: EncoderSpec, device: str = "cpu") -> ImageEncoder:
     """The image encoder `spec` names, ready to embed (weights from a local path or the hub)."""
     encoder_id = encoder_id_for(spec, "image")
-    if spec.name == "tiny":
-        local = resolve_local(spec.source, "tiny", "image")
-        if local is None:
-            encoder = build_tiny_image_encoder()
-            encoder.model.to(device)
-            encoder.device = device
-            return encoder
-        loaded = load_clip(spec.model_copy(update={"name": "clip"}), encoder_id, device)
-        return loaded
-    if spec.name == "clip":
+    if spec.name == "tiny" and not spec.source:
+        return build_tiny_image_encoder(device=device)
+    if spec.name in ("tiny", "clip"):  # a saved tiny encoder is a (small) CLIP vision tower
         return load_clip(spec, encoder_id, device)
     return ImageBindImageEncoder(load_imagebind_model(spec, "image", device), encoder_id, device)
 
@@ -595,14 +596,10 @@ def load_image_encoder(spec: EncoderSpec, device: str = "cpu") -> ImageEncoder:
 def load_audio_embedder(spec: EncoderSpec, device: str = "cpu") -> AudioEmbedder:
     """The audio embedder `spec` names, ready to embed (weights from a local path or the hub)."""
     encoder_id = encoder_id_for(spec, "audio")
+    if spec.name == "tiny" and not spec.source:
+        return build_tiny_audio_embedder(device=device)
     if spec.name == "tiny":
-        local = resolve_local(spec.source, "tiny", "audio")
-        if local is None:
-            embedder = build_tiny_audio_embedder()
-            embedder.model.to(device)
-            embedder.device = device
-            return embedder
-        return load_tiny_audio(local, encoder_id, device)
+        return load_tiny_audio(resolve_local(spec.source, "tiny", "audio"), encoder_id, device)
     if spec.name == "clap":
         return load_clap(spec, encoder_id, device)
     return ImageBindAudioEmbedder(load_imagebind_model(spec, "audio", device), encoder_id, device)

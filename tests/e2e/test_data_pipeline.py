@@ -16,6 +16,7 @@ from tests.conftest import BIN, run
 pytestmark = pytest.mark.slow
 
 DATA_STAGES = ["sample", "ingest", "validate_raw", "pair", "split", "validate_splits"]
+MODEL_STAGES = ["features", "prior", "latents", "train"]
 
 
 def test_repro_produces_validated_splits(pipeline_repo: Path) -> None:
@@ -34,7 +35,7 @@ def test_second_repro_is_a_no_op(pipeline_repo: Path) -> None:
     result = run([str(BIN / "dvc"), "repro"], pipeline_repo)
     elapsed = time.perf_counter() - started
     assert "Running stage" not in result.stdout, result.stdout
-    for stage in DATA_STAGES:
+    for stage in DATA_STAGES + MODEL_STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in result.stdout
     assert elapsed < 60, f"a no-op repro took {elapsed:.1f} s"
 
@@ -44,7 +45,7 @@ def test_every_stage_logged_an_mlflow_run(pipeline_repo: Path) -> None:
     experiment = client.get_experiment_by_name("art2mus")
     runs = client.search_runs([experiment.experiment_id])
     stages = {r.data.tags["art2mus.stage"] for r in runs if r.info.status == "FINISHED"}
-    assert set(DATA_STAGES) <= stages
+    assert set(DATA_STAGES + MODEL_STAGES) <= stages
     ingest = next(r for r in runs if r.data.tags["art2mus.stage"] == "ingest")
     assert ingest.data.metrics["artworks"] > 0
     assert ingest.data.tags["git.commit"]

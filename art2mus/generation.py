@@ -1,0 +1,96 @@
+"""`art2mus generate`: one WAV per image; a bad image is reported by name and the others still generate."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from art2mus.errors import Art2MusError
+from art2mus.io import atomic_path
+from art2mus.models.pipeline import MODEL_FILE, Art2MusPipeline, GenerationConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationReport:
+    written: list[Path]
+    failed: dict[str, str]  # image path -> why
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A packaged model folder from a local path or an MLflow URI (runs:/..., models:/...)."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if ":/" not in model:
+        raise Art2MusError(f"{model}: no such model folder")
+    import mlflow
+
+    from art2mus.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+    except Exception as error:  # MLflow raises several unrelated types for a bad URI
+        raise Art2MusError(f"{model}: cannot fetch the model: {error}") from None
+    found = sorted(local.rglob(MODEL_FILE))
+    if not found:
+        raise Art2MusError(f"{model}: the artifacts hold no art2mus model ({MODEL_FILE})")
+    return found[0].parent
+
+
+def open_image(path: Path):
+    """A decoded RGB image, or Art2MusError naming the file and the problem."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise Art2MusError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise Art2MusError(f"{path}: not an image") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise Art2MusError(f"{path}: corrupt or truncated image ({error})") from None
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """`<stem>.wav` per image, numbered when two images share a stem."""
+    names, seen = [], {}
+    for path in paths:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        names.append(f"{path.stem}.wav" if count == 0 else f"{path.stem}-{count + 1}.wav")
+    return names
+
+
+def write_wav(wave: np.ndarray, sample_rate: int, path: Path) -> None:
+    import soundfile as sf
+
+    with atomic_path(path) as tmp:
+        sf.write(tmp, np.clip(wave, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+
+
+def generate_files(images: list[Path], out_dir: Path, model: str, config: GenerationConfig) -> GenerationReport:
+    """Generate for every readable image into `out_dir`; unreadable ones are listed with why."""
+    pipeline = Art2MusPipeline.from_pretrained(resolve_model_dir(model))
+    loaded, kept, failed = [], [], {}
+    for path, name in zip(images, output_names(images)):
+        try:
+            loaded.append(open_image(path))
+            kept.append(name)
+        except Art2MusError as error:
+            failed[str(path)] = str(error)
+            logger.error("generate: %s", error)
+    written = []
+    if loaded:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, wave in zip(kept, pipeline(loaded, config)):
+            write_wav(wave, pipeline.sample_rate, out_dir / name)
+            written.append(out_dir / name)
+    return GenerationReport(written=written, failed=failed)
