@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from art2mus.config import PairParams
@@ -76,18 +77,20 @@ def pairs_by_similarity(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One-to-one pairs by cross-modal cosine of the features stage's embeddings; returns (pairs, dropped)."""
     # Imported here: the features stage (and torch) are needed only by this method.
-    from art2mus.data.features import load_embeddings
     from art2mus.data.similarity import pair_by_similarity
+    from art2mus.features import load_embeddings
 
     image_ids, image_emb, image_encoder, image_space = load_embeddings(Path(features_dir), "image")
     audio_ids, audio_emb, audio_encoder, audio_space = load_embeddings(Path(features_dir), "audio")
+    image_emb, audio_emb = np.asarray(image_emb, dtype=np.float32), np.asarray(audio_emb, dtype=np.float32)
     image_ids = pd.Series(image_ids, dtype="string")
     audio_ids = pd.Series(audio_ids).astype("int64")
     image_rows = image_ids.isin(artworks["artwork_id"]).to_numpy()
     audio_rows = audio_ids.isin(tracks["track_id"]).to_numpy()
     logger.info("pair: similarity of %s (%s) and %s (%s) embeddings from %s; %d image and %d audio "
-                "embedding(s) of items not in the manifests ignored", image_encoder, image_space, audio_encoder,
-                audio_space, features_dir, int((~image_rows).sum()), int((~audio_rows).sum()))
+                "embedding(s) of items not in the manifests ignored; %d manifest track(s) without one",
+                image_encoder, image_space, audio_encoder, audio_space, features_dir, int((~image_rows).sum()),
+                int((~audio_rows).sum()), int((~tracks["track_id"].isin(audio_ids)).sum()))
     result = pair_by_similarity(
         image_ids[image_rows].tolist(), image_emb[image_rows], audio_ids[audio_rows].tolist(), audio_emb[audio_rows],
         image_space, audio_space, params.similarity,

@@ -171,4 +171,5 @@ class GriffinLimVocoder(ModelMixin, ConfigMixin):
         magnitude = torch.exp(log_mel.float()).transpose(1, 2)  # [B, n_mels, frames]
         linear = self.inverse_mel(magnitude).clamp_min(0.0)
         wave = self.griffin_lim(linear)
-        return wave[..., : log_mel.shape[1] * self.config.hop_length]
+        length = log_mel.shape[1] * self.config.hop_length  # Griffin-Lim gives (frames - 1) * hop
+        return torch.nn.functional.pad(wave, (0, max(0, length - wave.shape[-1])))[..., :length]

@@ -1,0 +1,30 @@
+"""Run by torchrun from test_ddp.py: the aligner trainer in one of several gloo processes."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from art2mus.config import AudioParams, BackboneParams, TrainParams
+from art2mus.models.backbone import build_tiny_backbone
+from art2mus.training.aligner import AlignerData, train_aligner, weights_sha256
+
+
+def main(out: Path) -> None:
+    backbone = build_tiny_backbone(BackboneParams(), AudioParams(), seed=0)
+    generator = torch.Generator().manual_seed(0)
+    embeds = torch.randn(32, 8, generator=generator)
+    latents = torch.randn(32, *backbone.latent_shape, generator=generator)
+    params = TrainParams(steps=6, batch_size=8, checkpoint_every=3, tokens=2, hidden_dim=16, threads=1)
+    result = train_aligner(AlignerData(embeds, latents), backbone, params, out, quiet=True)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
+    record = {"world": world, "rank": rank, "backend": backend, "sha": weights_sha256(result.aligner),
+              "losses": [loss for _, loss in result.losses]}
+    (out / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,82 @@
+"""Generation from a packaged model: lengths, schedulers, and bad images handled one by one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+from typer.testing import CliRunner
+
+from art2mus.cli.main import app
+from art2mus.config import AudioParams, BackboneParams, EncoderSpec
+from art2mus.models.aligner import ImageAligner
+from art2mus.models.backbone import build_tiny_backbone
+from art2mus.models.encoders import build_tiny_image_encoder
+from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig, save_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A packaged model of tiny parts (untrained: these tests check plumbing, not music)."""
+    root = tmp_path_factory.mktemp("model")
+    backbone = build_tiny_backbone(BackboneParams(), AudioParams(), seed=0)
+    backbone.save_pretrained(root / "prior")
+    encoder = build_tiny_image_encoder()
+    aligner = ImageAligner(image_dim=encoder.dim, lm_width=backbone.lm_width, tokens=4, hidden_dim=32)
+    save_model(root / "art2mus", aligner, root / "prior", EncoderSpec(name="tiny"), {"note": "test"})
+    return root / "art2mus"
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in ("sunset.jpg", "sea.png"):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / name)
+        paths.append(tmp_path / name)
+    (tmp_path / "broken.jpg").write_bytes(b"this is not a picture")
+    paths.append(tmp_path / "broken.jpg")
+    return paths
+
+
+@pytest.mark.parametrize("scheduler", ["dpmsolver++", "ddim"])
+def test_pipeline_generates_the_requested_length(model_dir: Path, scheduler: str) -> None:
+    pipeline = Art2MusPipeline.from_pretrained(model_dir)
+    image = Image.new("RGB", (40, 40), (200, 30, 30))
+    for seconds in (None, 1.0, 4.0):
+        config = GenerationConfig(scheduler=scheduler, steps=3, seconds=seconds, batch_size=2)
+        waves = pipeline([image, image], config)
+        expected = round((seconds or 2.56) * 16000)
+        assert [len(w) for w in waves] == [expected, expected]
+        assert all(np.isfinite(w).all() and w.dtype == np.float32 for w in waves)
+
+
+def test_generation_is_seeded(model_dir: Path) -> None:
+    pipeline = Art2MusPipeline.from_pretrained(model_dir)
+    image = Image.new("RGB", (40, 40), (20, 30, 200))
+    a = pipeline([image], GenerationConfig(steps=3, seed=1))[0]
+    b = pipeline([image], GenerationConfig(steps=3, seed=1))[0]
+    c = pipeline([image], GenerationConfig(steps=3, seed=2))[0]
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_cli_writes_one_wav_per_good_image_and_names_the_bad_one(model_dir: Path, images: list[Path],
+                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["generate", *map(str, images), "-o", str(out), "--model", str(model_dir),
+                                      "--steps", "3", "--seconds", "1.5", "--quiet"])
+    assert result.exit_code == 1
+    assert "broken.jpg: not an image" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["sea.wav", "sunset.wav"]
+    data, rate = sf.read(out / "sunset.wav")
+    assert rate == 16000 and len(data) == 24000
+
+
+def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path: Path, images: list[Path]) -> None:
+    result = CliRunner().invoke(app, ["generate", str(images[0]), "-o", str(tmp_path / "o"),
+                                      "--model", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "not an art2mus model" in result.output
