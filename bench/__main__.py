@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from bench import ingest as ingest_bench
+from bench import pairing as pairing_bench
 
-BENCHMARKS = {"ingest": ingest_bench.run}
+BENCHMARKS = {"ingest": ingest_bench.run, "pairing": pairing_bench.run}
 RESULTS = Path("bench/results")
 
 

@@ -1,7 +1,8 @@
 """Ingest: an ArtGraph export and an FMA copy into manifests, every bad file quarantined with why.
 
 Per-file work (content hash, full decode) is cached in SQLite keyed by (path, size, mtime) -> hash
-and hash -> decoded properties, so adding one file to 100k costs one file's work. Raw data is
+and hash -> decoded properties, so adding one file to 100k costs one file's work. Uncached files
+are hashed and decoded in one pass, across one pool of worker processes. Raw data is
 only ever read.
 """
 
@@ -113,70 +114,64 @@ def silenced_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def hash_file(task: FileTask) -> str:
-    return sha256_file(task.path)
-
-
-def decode_file(task: FileTask) -> dict[str, Any]:
+def examine_file(task: FileTask) -> tuple[str, dict[str, Any]]:
+    """Content hash and full decode of one file (runs in a worker process)."""
+    digest = sha256_file(task.path)
     if task.kind == "image":
-        return probe_image(Path(task.path))
+        return digest, probe_image(Path(task.path))
     with silenced_stderr():
-        return probe_audio(Path(task.path))
+        return digest, probe_audio(Path(task.path))
 
 
-def run_parallel(function: Callable, tasks: list, workers: int, desc: str, quiet: bool) -> Iterable:
-    """Map `function` over `tasks` in order, across processes when workers > 1, with progress."""
-    if not tasks:
-        return []
-    bar = dict(total=len(tasks), desc=desc, unit="file", disable=quiet, leave=False)
-    if workers == 1 or len(tasks) < 2 * CHUNK:
-        return list(tqdm(map(function, tasks), **bar))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        return list(tqdm(pool.map(function, tasks, chunksize=CHUNK), **bar))
+class WorkerPool:
+    """Worker processes for the whole ingest, started only when a batch needs them (a start costs seconds)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.executor: ProcessPoolExecutor | None = None
+
+    def map(self, function: Callable, tasks: list, desc: str, quiet: bool) -> list:
+        """`function` over `tasks` in order, with progress; in-process for one worker or few tasks."""
+        bar = dict(total=len(tasks), desc=desc, unit="file", disable=quiet or not tasks, leave=False)
+        if self.workers == 1 or len(tasks) < 2 * CHUNK:
+            return list(tqdm(map(function, tasks), **bar))
+        if self.executor is None:
+            self.executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"))
+        return list(tqdm(self.executor.map(function, tasks, chunksize=CHUNK), **bar))
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
 
 
 def examine_files(
-    tasks: list[FileTask], cache: ProbeCache, workers: int, quiet: bool, work: dict[str, int]
+    tasks: list[FileTask], cache: ProbeCache, pool: WorkerPool, quiet: bool, work: dict[str, int]
 ) -> dict[str, dict]:
     """relpath -> {'sha256', 'bytes', decoded properties or 'error'}, doing only uncached work.
 
-    `work` counts what was actually done: files hashed and files decoded.
+    A file whose (path, size, mtime) and content hash are both cached costs nothing; any other
+    file is hashed and decoded once. `work` counts the files examined.
     """
     stats = {task.path: os.stat(task.path) for task in tasks}
-    hashes: dict[str, str] = {}
-    to_hash = []
+    found: dict[str, tuple[str, dict]] = {}
+    pending = []
     for task in tasks:
-        known = cache.known_hash(task.path, stats[task.path])
-        if known:
-            hashes[task.path] = known
+        digest = cache.known_hash(task.path, stats[task.path])
+        probe = cache.known_probe(task.kind, digest) if digest else None
+        if probe is None:
+            pending.append(task)
         else:
-            to_hash.append(task)
-    for task, digest in zip(to_hash, run_parallel(hash_file, to_hash, workers, "hashing", quiet)):
-        hashes[task.path] = digest
+            found[task.path] = (digest, probe)
+    for task, (digest, probe) in zip(pending, pool.map(examine_file, pending, "ingest", quiet)):
         cache.remember_hash(task.path, stats[task.path], digest)
+        cache.remember_probe(task.kind, digest, probe)
+        found[task.path] = (digest, probe)
     cache.commit()
-
-    results: dict[str, dict] = {}
-    to_decode: dict[tuple[str, str], FileTask] = {}
-    for task in tasks:
-        known = cache.known_probe(task.kind, hashes[task.path])
-        if known is not None:
-            results[task.path] = known
-        else:
-            to_decode.setdefault((task.kind, hashes[task.path]), task)  # identical content: decode once
-    pending = list(to_decode.values())
-    for task, result in zip(pending, run_parallel(decode_file, pending, workers, "decoding", quiet)):
-        cache.remember_probe(task.kind, hashes[task.path], result)
-    cache.commit()
-    for task in tasks:
-        if task.path not in results:
-            results[task.path] = cache.known_probe(task.kind, hashes[task.path])
-    work["hashed"] = work.get("hashed", 0) + len(to_hash)
+    work["hashed"] = work.get("hashed", 0) + len(pending)
     work["decoded"] = work.get("decoded", 0) + len(pending)
-    logger.info("examined %d files: %d hashed, %d decoded, the rest from cache",
-                len(tasks), len(to_hash), len(pending))
+    logger.info("examined %d files: %d hashed and decoded, the rest from cache", len(tasks), len(pending))
     return {
-        task.relpath: {"sha256": hashes[task.path], "bytes": stats[task.path].st_size, **results[task.path]}
+        task.relpath: {"sha256": found[task.path][0], "bytes": stats[task.path].st_size, **found[task.path][1]}
         for task in tasks
     }
 
@@ -247,7 +242,8 @@ def conform(frame: pd.DataFrame, columns: dict[str, str], extras: bool) -> pd.Da
     return frame
 
 
-def ingest_artgraph(root: Path, params: IngestParams, cache: ProbeCache, quiet: bool, work: dict[str, int]):
+def ingest_artgraph(root: Path, params: IngestParams, cache: ProbeCache, pool: WorkerPool, quiet: bool,
+                    work: dict[str, int]):
     """Artworks manifest rows and quarantined items of one ArtGraph export."""
     metadata, quarantined = artgraph.read_artgraph_metadata(root, params.artgraph)
     images_dir = root / params.artgraph.images_dir
@@ -259,14 +255,15 @@ def ingest_artgraph(root: Path, params: IngestParams, cache: ProbeCache, quiet: 
     quarantined += files_without_metadata(artgraph.SOURCE, sorted(on_disk), referenced)
     metadata, tasks, missing = match_files(artgraph.SOURCE, root, metadata, "artwork_id", on_disk, "image")
     quarantined += missing
-    probes = examine_files(tasks, cache, params.workers, quiet, work)
+    probes = examine_files(tasks, cache, pool, quiet, work)
     fields = ["sha256", "bytes", "width", "height", "mode", "format"]
     artworks, undecodable = attach_probes(artgraph.SOURCE, metadata, "artwork_id", probes, fields)
     artworks = conform(artworks.sort_values("artwork_id"), ARTWORK_COLUMNS, extras=True)
     return artworks, quarantined + undecodable
 
 
-def ingest_fma(root: Path, params: IngestParams, cache: ProbeCache, quiet: bool, work: dict[str, int]):
+def ingest_fma(root: Path, params: IngestParams, cache: ProbeCache, pool: WorkerPool, quiet: bool,
+               work: dict[str, int]):
     """Tracks manifest rows and quarantined items of one FMA copy."""
     tracks, quarantined = fma.read_fma_tracks(root, params.fma)
     fma.read_fma_genres(root)  # the layout requires it; a missing or malformed one is fatal
@@ -280,7 +277,7 @@ def ingest_fma(root: Path, params: IngestParams, cache: ProbeCache, quiet: bool,
     quarantined += files_without_metadata(fma.SOURCE, sorted(on_disk), referenced, ignored)
     tracks, tasks, missing = match_files(fma.SOURCE, root, tracks, "track_id", on_disk, "audio")
     quarantined += missing
-    probes = examine_files(tasks, cache, params.workers, quiet, work)
+    probes = examine_files(tasks, cache, pool, quiet, work)
     fields = ["sha256", "bytes", "duration", "sample_rate", "channels", "frames"]
     tracks, undecodable = attach_probes(fma.SOURCE, tracks, "track_id", probes, fields)
     tracks = conform(tracks.sort_values("track_id"), TRACK_COLUMNS, extras=False)
@@ -310,8 +307,12 @@ def ingest(artgraph_dir: Path, fma_dir: Path, out_dir: Path, params: IngestParam
     cache = ProbeCache(out_dir / CACHE_FILE)
     work: dict[str, int] = {}
     try:
-        artworks, art_quarantine = ingest_artgraph(artgraph_dir, params, cache, quiet, work)
-        tracks, fma_quarantine = ingest_fma(fma_dir, params, cache, quiet, work)
+        pool = WorkerPool(params.workers)
+        try:
+            artworks, art_quarantine = ingest_artgraph(artgraph_dir, params, cache, pool, quiet, work)
+            tracks, fma_quarantine = ingest_fma(fma_dir, params, cache, pool, quiet, work)
+        finally:
+            pool.close()
     finally:
         cache.close()
     quarantine = quarantine_table(art_quarantine + fma_quarantine)
