@@ -14,8 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from art2mus.config import AudioParams, IngestParams, SampleParams
-from art2mus.data.ingest import ingest
+from art2mus.config import AudioParams, SampleParams
 from art2mus.data.probe import probe_audio, probe_image
 from art2mus.data.sample import make_sample
 

@@ -111,6 +111,14 @@ def print_data_summary(root: Path) -> None:
     if splits_path.exists():
         counts = read_table(splits_path)["split"].value_counts().to_dict()
         typer.echo(f"validated splits: {SPLITS_TABLE} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+    record_path = root / "models" / "train_record.json"
+    if record_path.exists():
+        import json
+
+        record = json.loads(record_path.read_text())
+        typer.echo(f"trained aligner: models/art2mus (weights {record['weights_sha256'][:12]}, "
+                   f"MLflow run {record['mlflow_run_id']}, final loss {record['final_loss']:.4f})")
+        typer.echo("generate with:   art2mus generate IMAGE... -o OUT_DIR --model models/art2mus")
 
 
 @app.command()
