@@ -47,7 +47,8 @@ def compute_latents(
     """Latents for every row of `tracks` (track_id, path, sha256); writes latents.safetensors."""
     from safetensors.torch import load_file, save_file
 
-    codec_id = backbone.info.get("weights_sha256", backbone.info.get("source", ""))
+    info = backbone.info
+    codec_id = info.get("weights_sha256") or f"{info.get('source', '')}@{info.get('revision', '')}"
     cache = out_dir / CACHE_DIR
     cache.mkdir(parents=True, exist_ok=True)
     keys = [cache_key(sha, codec_id, audio) for sha in tracks["sha256"]]
