@@ -162,7 +162,8 @@ class SplitCounts(Section):
 class TinyBackboneParams(Section):
     """Sizes of the tiny AudioLDM2 (the prototype's, learnability-notes.md)."""
 
-    unet_channels: tuple[int, int] = (16, 32)
+    unet_channels: tuple[int, ...] = Field((32, 32, 32), min_length=1)  # one UNet level per entry
+    attention_levels: int = Field(1, ge=1)  # cross-attention at this many coarsest levels (+ mid block)
     layers_per_block: int = Field(1, ge=1)
     attention_head_dim: int = Field(4, ge=1)
     lm_width: int = Field(32, ge=8)
@@ -170,8 +171,11 @@ class TinyBackboneParams(Section):
     lm_heads: int = Field(4, ge=1)
     t5_width: int = Field(32, ge=8)
     audio_tokens: int = Field(4, ge=1)  # the audio encoder's tokens into GPT-2 (AudioMAE's role)
-    fold_time: int = Field(16, ge=1)
+    fold_time: int = Field(8, ge=1)
     fold_mel: int = Field(4, ge=1)
+    # The prior's diffusion target: epsilon-trained tiny priors sample off-distribution (x0 error
+    # amplified ~80x at t ~ 999); v-prediction keeps samples at the data's scale.
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
 
 
 class BackboneParams(Section):
@@ -188,9 +192,9 @@ class PriorParams(Section):
     """Training the tiny prior on the train split's music (skipped with the real backbone)."""
 
     out_dir: str = "models/prior"
-    steps: int = Field(800, ge=1)
+    steps: int = Field(400, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
     cond_dropout: float = Field(0.1, ge=0, lt=1)
     random_crops: bool = True  # crops anywhere in the track (the factors are stationary)

@@ -2,7 +2,7 @@
 
 The tiny profile needs no pretrained weights anywhere between latents and waveform:
 - `MelCodec` is a fixed, exactly invertible transform: standardise the log-mel with statistics of
-  the train split, then fold (time x mel) blocks into channels (256 x 64 -> 64 x 16 x 16).
+  the train split, then fold (time x mel) blocks into DCT channels (256 x 64 -> 32 x 32 x 16), one scale per channel.
 - `GriffinLimVocoder` renders a log-mel to audio with torchaudio's InverseMelScale + GriffinLim.
 The real profile uses AudioLDM2's own VAE and HiFi-GAN instead (see backbone.py).
 """
@@ -95,10 +95,11 @@ class MelCodec(ModelMixin, ConfigMixin):
     """Tiny-profile latent: an orthonormal block DCT of the log-mel; `decode` inverts it exactly.
 
     The log-mel (minus its per-bin train mean) is cut into (fold_time x fold_mel) blocks; each
-    block's DCT coefficients become the channels of one latent position (256 x 64 -> 64 x 16 x 16).
-    One global scale (like AudioLDM's VAE scaling factor) brings the coarse coefficient to unit
-    variance, so detail coefficients stay small: the diffusion loss weighs musical structure
-    (register, rhythm, timbre) over spectral fine print, while nothing is thrown away.
+    block's DCT coefficients become the channels of one latent position (256 x 64 -> 32 x 32 x 16
+    with 8 x 4 blocks). Each coefficient channel is divided by its own train-split std, so every
+    channel has unit variance, as a VAE's scaled latents do: with one global scale most detail
+    channels were ~0.01, and epsilon-prediction then spent the tiny UNet on copying noise through
+    near-empty channels instead of learning the music (and the conditioning).
     """
 
     config_name = "config.json"
@@ -109,7 +110,7 @@ class MelCodec(ModelMixin, ConfigMixin):
         if frames % fold_time or n_mels % fold_mel:
             raise ValueError(f"frames {frames} / n_mels {n_mels} must divide by the fold ({fold_time}, {fold_mel})")
         self.register_buffer("mean", torch.zeros(n_mels))
-        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("scale", torch.ones(fold_time * fold_mel))  # per coefficient channel
         self.register_buffer("dct_time", dct_matrix(fold_time))
         self.register_buffer("dct_mel", dct_matrix(fold_mel))
 
@@ -123,11 +124,11 @@ class MelCodec(ModelMixin, ConfigMixin):
         return self.latent_channels, c.frames // c.fold_time, c.n_mels // c.fold_mel
 
     def fit(self, mels: torch.Tensor) -> None:
-        """Per-bin mean and the global scale from [N, frames, n_mels] log-mels (the train split's)."""
+        """Per-bin mean and per-channel scales from [N, frames, n_mels] log-mels (the train split's)."""
         self.mean.copy_(mels.reshape(-1, mels.shape[-1]).double().mean(0).float())
         self.scale.fill_(1.0)
-        coarse = self.encode(mels)[:, 0]  # the DC coefficient of every block
-        self.scale.fill_(float(coarse.double().std().clamp_min(1e-3)))
+        coefficients = self.encode(mels).double()
+        self.scale.copy_(coefficients.transpose(0, 1).flatten(1).std(dim=1).clamp_min(1e-3).float())
 
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """[B, frames, n_mels] log-mel -> [B, C, frames/ft, n_mels/fm] latent."""
@@ -136,13 +137,13 @@ class MelCodec(ModelMixin, ConfigMixin):
         blocks = (mel - self.mean).reshape(b, t // c.fold_time, c.fold_time, f // c.fold_mel, c.fold_mel)
         coefficients = torch.einsum("ui,bhiwj,vj->bhwuv", self.dct_time, blocks, self.dct_mel)
         latents = coefficients.reshape(b, t // c.fold_time, f // c.fold_mel, self.latent_channels)
-        return latents.permute(0, 3, 1, 2) / self.scale
+        return latents.permute(0, 3, 1, 2) / self.scale[:, None, None]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Exact inverse of `encode`."""
         c = self.config
         b, _, h, w = latents.shape
-        coefficients = (latents * self.scale).permute(0, 2, 3, 1).reshape(b, h, w, c.fold_time, c.fold_mel)
+        coefficients = (latents * self.scale[:, None, None]).permute(0, 2, 3, 1).reshape(b, h, w, c.fold_time, c.fold_mel)
         blocks = torch.einsum("ui,bhwuv,vj->bhiwj", self.dct_time, coefficients, self.dct_mel)
         return blocks.reshape(b, h * c.fold_time, w * c.fold_mel) + self.mean
 

@@ -54,21 +54,6 @@ class AudioTokenEncoder(nn.Module):
         return self.to_tokens(self.features(latents)).view(-1, self.tokens, self.width)
 
 
-class LatentCodecAdapter(nn.Module):
-    """The real profile's codec: AudioLDM2's VAE over [B, frames, mels] log-mels, scaled latents."""
-
-    def __init__(self, vae: nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def encode(self, mel: torch.Tensor) -> torch.Tensor:
-        latents = self.vae.encode(mel[:, None].to(self.vae.dtype)).latent_dist.mode()
-        return latents * self.vae.config.scaling_factor
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.vae.config.scaling_factor).sample[:, 0]
-
-
 @dataclass
 class Backbone:
     """Frozen parts of the model and the constant conditioning streams."""
@@ -160,16 +145,23 @@ class _LanguageModelHolder:
 
 
 def tiny_unet(config: TinyBackboneParams, latent_channels: int) -> nn.Module:
-    """AudioLDM2's UNet class at the prototype's size; both cross-attention streams present."""
+    """AudioLDM2's UNet class at a tiny size; both cross-attention streams present.
+
+    One level per entry of `unet_channels`; the `attention_levels` lowest-resolution levels (and the
+    mid block) carry the cross-attention, the finer ones are plain ResNet levels.
+    """
     from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
 
     cross = (None, config.lm_width, config.t5_width)
+    levels = len(config.unet_channels)
+    attended = min(config.attention_levels, levels)
+    down = tuple("CrossAttnDownBlock2D" if i >= levels - attended else "DownBlock2D" for i in range(levels))
+    up = tuple("CrossAttnUpBlock2D" if i < attended else "UpBlock2D" for i in range(levels))
     return AudioLDM2UNet2DConditionModel(
         sample_size=None, in_channels=latent_channels, out_channels=latent_channels,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=down, up_block_types=up,
         block_out_channels=tuple(config.unet_channels), layers_per_block=config.layers_per_block,
-        norm_num_groups=8, cross_attention_dim=(cross, cross), attention_head_dim=config.attention_head_dim,
+        norm_num_groups=8, cross_attention_dim=(cross,) * levels, attention_head_dim=config.attention_head_dim,
     )
 
 
@@ -196,7 +188,9 @@ def build_tiny_backbone(params: BackboneParams, audio: AudioParams, seed: int = 
     backbone = Backbone(
         unet=tiny_unet(config, channels),
         language_model=tiny_language_model(config, params.max_new_tokens),
-        scheduler=DDPMScheduler(**AUDIOLDM2_SCHEDULE),
+        # AudioLDM2's schedule; the target is configurable: with epsilon a briefly trained tiny UNet's
+        # small error at t ~ 999 is amplified 1/sqrt(alpha_bar) ~ 80x into x0 by the sampler.
+        scheduler=DDPMScheduler(**{**AUDIOLDM2_SCHEDULE, "prediction_type": config.prediction_type}),
         codec=codec,
         vocoder=GriffinLimVocoder(sample_rate=audio.sample_rate, n_fft=audio.n_fft,
                                   hop_length=audio.hop_length, n_mels=audio.n_mels),
@@ -251,34 +245,6 @@ def load_tiny_backbone(path: Path) -> Backbone:
     return backbone.eval()
 
 
-def load_audioldm2_backbone(source: str, revision: str, max_new_tokens: int, device: str = "cpu") -> Backbone:
-    """cvssp/audioldm2-music (hub id or local path) through diffusers' AudioLDM2Pipeline."""
-    from diffusers import AudioLDM2Pipeline
-
-    try:
-        pipe = AudioLDM2Pipeline.from_pretrained(source, revision=revision)
-    except (OSError, ValueError) as error:
-        raise BackboneError(
-            f"AudioLDM2 weights {source!r}@{revision} not found locally and cannot be downloaded here; "
-            f"set backbone.source to a local copy ({error.__class__.__name__}: {str(error)[:200]})"
-        ) from None
-    pipe.to(device)
-    with torch.no_grad():
-        t5_embeds, t5_mask, null_loa = pipe.encode_prompt(
-            "", device, num_waveforms_per_prompt=1, do_classifier_free_guidance=False,
-            max_new_tokens=max_new_tokens,
-        )
-    vocoder = pipe.vocoder
-    backbone = Backbone(
-        unet=pipe.unet, language_model=pipe.language_model, scheduler=pipe.scheduler,
-        codec=LatentCodecAdapter(pipe.vae), vocoder=vocoder,
-        t5_embeds=t5_embeds.cpu(), t5_mask=t5_mask.cpu(), null_loa=null_loa.cpu(),
-        info={"profile": "audioldm2", "source": source, "revision": revision, "max_new_tokens": max_new_tokens,
-              "sample_rate": int(vocoder.config.sampling_rate), "n_mels": int(vocoder.config.model_in_dim)},
-    )
-    return backbone.eval()
-
-
 def write_backbone_reference(params: BackboneParams, path: str | Path) -> None:
     """The real profile's `prior` output: which AudioLDM2 to load (no weights are copied)."""
     path = Path(path)
@@ -296,4 +262,6 @@ def load_backbone(path: str | Path) -> Backbone:
     info = json.loads((path / BACKBONE_FILE).read_text())
     if info.get("profile") == "tiny":
         return load_tiny_backbone(path)
+    from art2mus.models.audioldm2 import load_audioldm2_backbone  # imports this module: import here
+
     return load_audioldm2_backbone(info["source"], info["revision"], int(info["max_new_tokens"]))

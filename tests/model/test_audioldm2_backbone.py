@@ -222,3 +222,17 @@ def test_offline_hub_id_raises_a_clear_error(monkeypatch: pytest.MonkeyPatch, tm
 def test_a_local_folder_without_a_pipeline_raises_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BackboneError, match=r"model_index\.json.*backbone\.source"):
         load_audioldm2_backbone(str(tmp_path), "main", MAX_NEW_TOKENS)
+
+
+def test_the_prior_stage_reference_loads_the_real_profile_through_load_backbone(
+    saved: tuple[Any, Path], tmp_path: Path
+) -> None:
+    from art2mus.config import BackboneParams
+    from art2mus.models.backbone import load_backbone, write_backbone_reference
+
+    _, folder = saved
+    write_backbone_reference(BackboneParams(profile="audioldm2", source=str(folder), max_new_tokens=MAX_NEW_TOKENS),
+                             tmp_path / "prior")
+    backbone = load_backbone(tmp_path / "prior")
+    assert backbone.info["profile"] == "audioldm2" and backbone.info["source"] == str(folder)
+    assert isinstance(backbone.codec, LatentCodecAdapter)
