@@ -73,7 +73,7 @@ def main(resume: bool = True) -> None:
         digest = weights_sha256(result.aligner)
         record = {"mlflow_run_id": run.run_id, "weights_sha256": digest, "prior": prior_id,
                   "backbone": {k: v for k, v in backbone.info.items() if k != "tiny"},
-                  "image_encoder": encoder_id, "train_pairs": len(data.latents), "steps": config.steps,
+                  "image_encoder_id": encoder_id, "train_pairs": len(data.latents), "steps": config.steps,
                   "final_loss": result.losses[-1][1], "seconds": result.seconds, "resumed_from": result.resumed_from}
         with atomic_path(MODEL_DIR) as tmp:
             save_model(tmp, result.aligner, params.prior.out_dir, params.features.image_encoder, record)

@@ -56,8 +56,18 @@ def save_model(path: str | Path, aligner: ImageAligner, prior_dir: str | Path, e
     path.mkdir(parents=True, exist_ok=True)
     aligner.save_pretrained(path / "aligner")
     shutil.copytree(prior_dir, path / "prior", dirs_exist_ok=True)
-    record = {"image_encoder": encoder.model_dump(mode="json"), **info}
+    record = {**info, "image_encoder": encoder.model_dump(mode="json")}  # the spec to rebuild it with
     (path / MODEL_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+PEAK_LIMIT = 0.99
+
+
+def limit_peaks(waves: np.ndarray) -> np.ndarray:
+    """Scale down any waveform whose peak exceeds PEAK_LIMIT (never boost): training audio is
+    peak-normalised, so loudness is not something the prior learned; this only prevents clipping."""
+    peaks = np.abs(waves).max(axis=-1, keepdims=True)
+    return waves * np.minimum(1.0, PEAK_LIMIT / np.maximum(peaks, 1e-12))
 
 
 class Art2MusPipeline:
@@ -131,7 +141,7 @@ class Art2MusPipeline:
             loa = self.conditioning(images[start: start + config.batch_size])
             latents = self.sample_latents(loa, config, generator)
             audio = self.backbone.vocoder(self.backbone.codec.decode(latents))
-            for wave in audio.float().cpu().numpy():
+            for wave in limit_peaks(audio.float().cpu().numpy()):
                 if config.seconds is not None:
                     wave = wave[: round(config.seconds * self.sample_rate)]
                 waves.append(wave.astype(np.float32))

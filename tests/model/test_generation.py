@@ -80,3 +80,12 @@ def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path: Path, images: list[P
                                       "--model", str(tmp_path)])
     assert result.exit_code == 1
     assert "not an art2mus model" in result.output
+
+
+def test_the_limiter_only_ever_scales_down() -> None:
+    from art2mus.models.pipeline import limit_peaks
+
+    quiet, loud = np.full(8, 0.2, dtype=np.float32), np.linspace(-27, 27, 8, dtype=np.float32)
+    out = limit_peaks(np.stack([quiet, loud]))
+    assert np.array_equal(out[0], quiet)
+    assert np.isclose(np.abs(out[1]).max(), 0.99) and np.allclose(out[1] / out[1].max(), loud / loud.max())
