@@ -100,14 +100,6 @@ def error_matrix(
     return errors.mean(dim=2).numpy()
 
 
-def rank_of_own(errors: np.ndarray) -> np.ndarray:
-    """Expected 1-based rank of column 0 among each row (ties share their ranks evenly)."""
-    own = errors[:, :1]
-    better = (errors[:, 1:] < own).sum(axis=1)
-    tied = (errors[:, 1:] == own).sum(axis=1)
-    return 1 + better + tied / 2
-
-
 def hit_rate(errors: np.ndarray, top: int) -> np.ndarray:
     """Per track: the probability that its own artwork ranks within `top` (ties broken at random)."""
     own = errors[:, :1]
@@ -131,15 +123,6 @@ def summarise(errors: np.ndarray, seed: int = 0) -> CorrespondenceResult:
         chance_top1=1 / k,
         chance_top5=min(5, k) / k,
     )
-
-
-def measure_correspondence(
-    backbone: Backbone, latents: torch.Tensor, loa: torch.Tensor, k: int = 8, draws: int = 16,
-    t_range: tuple[int, int] = (300, 900), seed: int = 0,
-) -> CorrespondenceResult:
-    """The full measure for one conditioning source: loa[i] conditions track i's own artwork."""
-    candidates = candidate_sets(len(latents), k, seed)
-    return summarise(error_matrix(backbone, latents, loa, candidates, draws, t_range, seed), seed)
 
 
 def summarise_pooled(error_matrices: list[np.ndarray], seed: int = 0) -> CorrespondenceResult:
