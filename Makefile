@@ -15,7 +15,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site_cache
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup run test bench clean
+.PHONY: setup browser run test bench clean
 
 setup: $(STAMP)
 
@@ -26,10 +26,26 @@ $(STAMP): pyproject.toml constraints.txt requirements.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[imagebind]'
 	touch $(STAMP)
 
+# The report's browser test (tests/e2e/test_report_browser.py) needs headless Chromium: Debian's
+# package, installed here when missing. Without root or sudo it says so and goes on; the test then
+# fails under CI=true with the same reason (and skips elsewhere).
+browser:
+	@if command -v chromium >/dev/null || test -x /usr/bin/chromium; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	  || echo "make: could not install chromium with apt-get; the browser test will fail under CI"; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	  sudo -n apt-get update -qq && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	  || echo "make: could not install chromium with sudo apt-get; the browser test will fail under CI"; \
+	else \
+	  echo "make: chromium is missing and needs root to install (apt-get install chromium);" \
+	    "the browser test will fail under CI and skip elsewhere"; \
+	fi
+
 run: setup
 	$(BIN)/art2mus repro
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
 bench: setup
