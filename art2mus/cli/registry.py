@@ -1,0 +1,95 @@
+"""`art2mus promote`, `rollback`, `history`: the champion alias of `art2mus-aligner`, by hand."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+
+from art2mus.env import configure_environment
+from art2mus.errors import Art2MusError
+from art2mus.logs import setup_logging
+
+By = Annotated[str | None, typer.Option("--by", help="Who does it (default: the OS user).")]
+Reason = Annotated[str, typer.Option("--reason", help="Why, for the history.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
+
+
+def current_user() -> str:
+    """The OS user name, or $USER, or 'unknown' (containers may have no passwd entry)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER") or "unknown"
+
+
+def fail(command: str, error: Exception) -> None:
+    typer.echo(f"art2mus: {command}: {error}", err=True)
+    raise typer.Exit(1)
+
+
+def registry_errors() -> tuple[type[Exception], ...]:
+    """What a registry command reports as a message: our errors and the tracking store's (unreachable,
+    refused), which are about the environment, not bugs."""
+    from mlflow.exceptions import MlflowException
+
+    return Art2MusError, MlflowException
+
+
+def promote(
+    version: Annotated[str, typer.Argument(help="The model version to make champion.")],
+    by: By = None,
+    reason: Reason = "manual promotion",
+    force: Annotated[bool, typer.Option(help="Promote even if its validation failed.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Make VERSION the champion (after loading it and generating once)."""
+    from art2mus.tracking.registry import MODEL_NAME
+    from art2mus.tracking.registry import promote as promote_version
+
+    setup_logging(quiet)
+    configure_environment()
+    try:
+        event = promote_version(version, by or current_user(), reason, force=force)
+    except registry_errors() as error:
+        fail("promote", error)
+    typer.echo(f"{MODEL_NAME}@champion: version {event.version} (was {event.previous or 'none'})")
+
+
+def rollback(by: By = None, reason: Reason = "", quiet: Quiet = False) -> None:
+    """Give the champion alias back to the previous champion."""
+    from art2mus.tracking.registry import MODEL_NAME
+    from art2mus.tracking.registry import rollback as rollback_champion
+
+    setup_logging(quiet)
+    configure_environment()
+    try:
+        event = rollback_champion(by or current_user(), reason)
+    except registry_errors() as error:
+        fail("rollback", error)
+    typer.echo(f"{MODEL_NAME}@champion: version {event.version} (rolled back from {event.previous})")
+
+
+def history(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Every promotion and rollback: when, who, from which version to which, on which metrics."""
+    from art2mus.tracking.registry import history as promotion_history
+
+    setup_logging(quiet=True)
+    configure_environment()
+    try:
+        events = promotion_history()
+    except registry_errors() as error:
+        fail("history", error)
+    if as_json:
+        typer.echo(json.dumps([asdict(event) for event in events], indent=2))
+        return
+    if not events:
+        typer.echo("no promotions yet")
+    for event in events:
+        metrics = ", ".join(f"{key}={value:.4g}" for key, value in sorted(event.metrics.items()))
+        typer.echo(f"{event.at}  {event.kind:8}  {event.previous or '-':>4} -> {event.version:<4} by {event.by}"
+                   f"{': ' + event.reason if event.reason else ''}{'  [' + metrics + ']' if metrics else ''}")

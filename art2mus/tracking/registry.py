@@ -1,0 +1,432 @@
+"""The model registry: versions of `art2mus-aligner`, the champion/challenger aliases, promotion history.
+
+- Aliases only (`champion`, `challenger`), never stages.
+- A version is the packaged model folder logged as an MLflow pyfunc (models from code, safetensors
+  weights, nothing pickled), tagged with its identity and lineage: git commit, data hashes from
+  dvc.lock, full params, the aligner's weights hash, the prior, the image encoder and backbone ids.
+- Identity = sha256 over the weights hash, the prior, the image encoder, the code version and the
+  data hashes. Registering an identity the registry already holds returns that version and logs
+  nothing, so the same code, params and data never make two versions.
+- Promotion moves the `champion` alias in one call: MLflow keeps one row per (model, alias) and
+  updates it in place, so at no moment is there no champion or two. The event is then recorded as
+  version tags (`promoted_by`, `promoted_at`, `previous_champion`) and in the registry-side log, one
+  registered-model tag per event (`history.<ns>`), so history survives without local files.
+- Rollback walks that log back: every promotion pushes a version, every rollback pops one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from art2mus.errors import Art2MusError
+from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment, git_state, tracking_uri
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "art2mus-aligner"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+IDENTITY_TAG = "identity"
+VALIDATION_TAG = "validation_status"
+VALIDATION_STATUSES = ("pending", "passed", "failed", "awaiting_approval")
+HISTORY_PREFIX = "history."
+MODEL_CODE = Path(__file__).resolve().parents[1] / "serving" / "model_code.py"
+LOGGED_MODEL_NAME = "art2mus"
+# What generating needs, pinned to the installed versions in the logged model's requirements.
+# art2mus itself is not on PyPI: serve in the project's environment (`--env-manager local`) at the
+# commit in the version's `git.commit` tag.
+RUNTIME_PACKAGES = ("mlflow", "torch", "torchaudio", "diffusers", "transformers", "safetensors", "numpy",
+                    "pandas", "pillow", "soundfile", "pydantic", "pyyaml")
+CODE_DIRS = ("art2mus/", "stages/")
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a model came from: code, data and params."""
+
+    git_commit: str = ""
+    git_dirty: bool = False
+    code_diff_sha256: str = ""  # of `git diff HEAD` when the work tree differs from the commit
+    data: dict[str, str] = field(default_factory=dict)  # dvc.lock path -> md5
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def code_version(self) -> str:
+        """The commit, qualified by the diff's hash when the work tree is dirty."""
+        if not self.git_commit:
+            return "unknown"
+        return f"{self.git_commit}+dirty.{self.code_diff_sha256[:16]}" if self.git_dirty else self.git_commit
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    version: str
+    created: bool  # False: the identity was already registered as this version
+    identity: str
+
+
+@dataclass(frozen=True)
+class PromotionEvent:
+    """One move of the champion alias, as the registry-side log keeps it."""
+
+    at: str  # ISO 8601, UTC
+    kind: str  # "promote" or "rollback"
+    version: str  # the new champion
+    previous: str | None  # the champion before, if any
+    by: str
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def registry_client(root: Path | None = None):
+    """An MlflowClient on the project's tracking store (`MLFLOW_TRACKING_URI` wins)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(root))
+
+
+def data_hashes(lock_file: Path) -> dict[str, str]:
+    """md5 of every data dependency and output in dvc.lock (code and models/ left out)."""
+    if not lock_file.is_file():
+        return {}
+    try:
+        lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise Art2MusError(f"{lock_file}: not valid YAML: {error}") from None
+    hashes: dict[str, str] = {}
+    for stage in (lock.get("stages") or {}).values():
+        for entry in [*(stage.get("deps") or []), *(stage.get("outs") or [])]:  # outs last: authoritative
+            path, md5 = entry.get("path", ""), entry.get("md5")
+            if md5 and not path.endswith(".py") and not path.startswith((*CODE_DIRS, "models/")):
+                hashes[path] = md5
+    return dict(sorted(hashes.items()))
+
+
+def collect_lineage(root: Path, params_file: str = "params.yaml") -> Lineage:
+    """The project's lineage now: git state, dvc.lock data hashes, the validated params."""
+    from art2mus.config import load_params
+
+    state = git_state(root)
+    dirty = state.get("git.dirty") == "true"
+    diff = ""
+    if dirty:
+        output = subprocess.run(["git", "diff", "HEAD", "--binary"], cwd=root, capture_output=True, check=False).stdout
+        diff = hashlib.sha256(output).hexdigest()
+    data = data_hashes(root / "dvc.lock")
+    if not data:
+        logger.warning("registry: %s has no data hashes; the model's identity rests on weights and code",
+                       root / "dvc.lock")
+    params = load_params(root / params_file).model_dump(mode="json")
+    return Lineage(git_commit=state.get("git.commit", ""), git_dirty=dirty, code_diff_sha256=diff, data=data,
+                   params=params)
+
+
+def read_model_info(model_dir: Path) -> dict[str, Any]:
+    """The packaged model's model.json, or a clear error."""
+    from art2mus.models.pipeline import MODEL_FILE
+
+    path = model_dir / MODEL_FILE
+    if not path.is_file():
+        raise Art2MusError(f"{model_dir}: not an art2mus model (no {MODEL_FILE}); run the train stage")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise Art2MusError(f"{path}: not valid JSON: {error}") from None
+
+
+def model_identity(weights_sha256: str, prior: str, image_encoder: Mapping[str, Any], lineage: Lineage) -> str:
+    """What makes two registrations the same model: weights, prior, encoder, code and data."""
+    key = {"weights_sha256": weights_sha256, "prior": prior, "image_encoder": dict(image_encoder),
+           "code": lineage.code_version, "data": lineage.data}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def find_version(identity: str, client) -> Any | None:
+    """The version registered with this identity (the oldest, should a race have made two)."""
+    found = client.search_model_versions(f"name = '{MODEL_NAME}' and tags.{IDENTITY_TAG} = '{identity}'")
+    return min(found, key=lambda version: int(version.version)) if found else None
+
+
+def ensure_registered_model(client) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    try:
+        client.create_registered_model(MODEL_NAME, description="art2mus: the image aligner with its prior and "
+                                       "encoder (pyfunc: image bytes in, WAV out)")
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+
+
+def runtime_requirements() -> list[str]:
+    """The runtime packages pinned to what is installed (missing ones left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in RUNTIME_PACKAGES:
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def version_tags(identity: str, record: Mapping[str, Any], info: Mapping[str, Any], lineage: Lineage) -> dict[str, str]:
+    """Identity and lineage as the version's tags (validation starts `pending`)."""
+    return {
+        IDENTITY_TAG: identity,
+        VALIDATION_TAG: "pending",
+        "weights_sha256": str(record["weights_sha256"]),
+        "prior": str(record.get("prior") or info.get("prior", "")),
+        "backbone": json.dumps(record.get("backbone") or info.get("backbone") or {}, sort_keys=True),
+        "image_encoder": json.dumps(info.get("image_encoder", {}), sort_keys=True),
+        "image_encoder_id": str(record.get("image_encoder_id", "")),
+        "train_run_id": str(record.get("mlflow_run_id", "")),
+        "git.commit": lineage.git_commit,
+        "git.dirty": str(lineage.git_dirty).lower(),
+        "code_version": lineage.code_version,
+        "data_hashes": json.dumps(lineage.data, sort_keys=True),
+        "params": json.dumps(lineage.params, sort_keys=True),
+    }
+
+
+def log_pyfunc(model_dir: Path, identity: str, record: Mapping[str, Any], lineage: Lineage, uri: str,
+               experiment: str, root: Path) -> tuple[str, str, str]:
+    """Log the pyfunc in a `register` run; returns (model uri, logged model id, run id)."""
+    import mlflow
+
+    from art2mus.serving.pyfunc import MODEL_ARTIFACT, input_example, model_signature
+
+    mlflow.set_tracking_uri(uri)
+    experiment_id = ensure_experiment(experiment, uri, root)
+    tags = {"art2mus.stage": "register", "art2mus.identity": identity,
+            "art2mus.train_run_id": str(record.get("mlflow_run_id", ""))}
+    if os.environ.get(PARENT_RUN_ENV):
+        tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+    with mlflow.start_run(experiment_id=experiment_id, run_name="register", tags=tags,
+                          nested=mlflow.active_run() is not None) as run:
+        mlflow.log_dict({**asdict(lineage), "code_version": lineage.code_version}, "lineage.json")
+        logged = mlflow.pyfunc.log_model(
+            name=LOGGED_MODEL_NAME, python_model=str(MODEL_CODE), artifacts={MODEL_ARTIFACT: str(model_dir)},
+            signature=model_signature(), input_example=input_example(), pip_requirements=runtime_requirements(),
+            model_config={"identity": identity},
+        )
+    return logged.model_uri, logged.model_id, run.info.run_id
+
+
+def register_model(model_dir: str | Path, record: Mapping[str, Any], lineage: Lineage, client=None,
+                   experiment: str = "art2mus", root: Path | None = None) -> RegisteredVersion:
+    """Register the packaged model as a new version, or return the version that already has its identity.
+
+    `record` is the train stage's models/train_record.json (weights hash, prior, run id).
+    """
+    from art2mus.env import project_root
+
+    model_dir = Path(model_dir)
+    root = root or project_root()
+    info = read_model_info(model_dir)
+    weights = record.get("weights_sha256")
+    if not weights:
+        raise Art2MusError("registry: the train record has no weights_sha256 (re-run the train stage)")
+    if info.get("weights_sha256") and info["weights_sha256"] != weights:
+        raise Art2MusError(f"registry: {model_dir} holds weights {info['weights_sha256'][:12]} but the train record "
+                           f"says {weights[:12]}: the folder and the record are from different runs")
+    client = client or registry_client(root)
+    identity = model_identity(weights, str(record.get("prior") or info.get("prior", "")),
+                              info.get("image_encoder", {}), lineage)
+    existing = find_version(identity, client)
+    if existing is not None:
+        logger.info("registry: %s version %s already has identity %s", MODEL_NAME, existing.version, identity[:12])
+        return RegisteredVersion(version=str(existing.version), created=False, identity=identity)
+    ensure_registered_model(client)
+    model_uri, model_id, run_id = log_pyfunc(model_dir, identity, record, lineage, client.tracking_uri,
+                                             experiment, root)
+    version = client.create_model_version(MODEL_NAME, source=model_uri, run_id=run_id, model_id=model_id,
+                                          tags=version_tags(identity, record, info, lineage))
+    logger.info("registry: registered %s version %s (identity %s)", MODEL_NAME, version.version, identity[:12])
+    return RegisteredVersion(version=str(version.version), created=True, identity=identity)
+
+
+def aliases(client) -> dict[str, str]:
+    """alias -> version of the registered model; empty when nothing is registered yet."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        return {alias: str(version) for alias, version in client.get_registered_model(MODEL_NAME).aliases.items()}
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return {}
+        raise
+
+
+def champion_version(client=None) -> str | None:
+    return aliases(client or registry_client()).get(CHAMPION)
+
+
+def challenger_version(client=None) -> str | None:
+    return aliases(client or registry_client()).get(CHALLENGER)
+
+
+def get_version(version: str, client):
+    """The model version, or a clear error naming what exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(MODEL_NAME, str(version))
+    except MlflowException:
+        raise Art2MusError(f"registry: {MODEL_NAME} has no version {version}") from None
+
+
+def set_challenger(version: str, client=None) -> None:
+    client = client or registry_client()
+    get_version(version, client)
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, str(version))
+
+
+def record_validation(version: str, status: str, numbers: Mapping[str, float] | None = None,
+                      reasons: list[str] | None = None, client=None) -> None:
+    """The flow's verdict on a version: `validation_status` plus the decision's numbers as tags."""
+    if status not in VALIDATION_STATUSES:
+        raise Art2MusError(f"registry: validation status must be one of {', '.join(VALIDATION_STATUSES)}, got {status!r}")
+    client = client or registry_client()
+    get_version(version, client)
+    for key, value in (numbers or {}).items():
+        client.set_model_version_tag(MODEL_NAME, str(version), f"decision.{key}", f"{float(value):.6g}")
+    if reasons is not None:
+        client.set_model_version_tag(MODEL_NAME, str(version), "decision.reasons", json.dumps(reasons))
+    client.set_model_version_tag(MODEL_NAME, str(version), VALIDATION_TAG, status)
+
+
+def smoke_test(version: str, client=None) -> None:
+    """Load the version's pyfunc as a server would and generate once; Art2MusError if anything fails."""
+    import base64
+    import io
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import soundfile as sf
+
+    from art2mus.serving.pyfunc import example_image_base64
+
+    client = client or registry_client()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    seconds = 0.5
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}")
+        output = model.predict(pd.DataFrame({"image": [example_image_base64()], "seconds": [seconds],
+                                             "steps": [2], "seed": [0]}))
+        wave, rate = sf.read(io.BytesIO(base64.b64decode(output["wav_base64"].iloc[0])), dtype="float32")
+    except Exception as error:  # noqa: BLE001 - any failure to load or generate disqualifies the candidate
+        raise Art2MusError(f"registry: version {version} failed its smoke test: {error}") from None
+    if rate != int(output["sample_rate"].iloc[0]) or len(wave) != round(seconds * rate) or not np.isfinite(wave).all():
+        raise Art2MusError(f"registry: version {version} failed its smoke test: {len(wave)} samples at {rate} Hz, "
+                           f"expected {round(seconds * rate)} finite samples")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def append_history(event: PromotionEvent, client) -> None:
+    """One registered-model tag per event; the key's nanosecond clock orders them."""
+    value = json.dumps(asdict(event), sort_keys=True)
+    client.set_registered_model_tag(MODEL_NAME, f"{HISTORY_PREFIX}{time.time_ns():020d}", value)
+
+
+def history(client=None) -> list[PromotionEvent]:
+    """Every move of the champion alias, oldest first."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    client = client or registry_client()
+    try:
+        tags = client.get_registered_model(MODEL_NAME).tags
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return []
+        raise
+    return [PromotionEvent(**json.loads(tags[key])) for key in sorted(tags) if key.startswith(HISTORY_PREFIX)]
+
+
+def champion_stack(events: list[PromotionEvent]) -> list[str]:
+    """The champions in force, oldest first: a promotion pushes its version, a rollback pops."""
+    stack: list[str] = []
+    for event in events:
+        if event.kind == "rollback" and stack:
+            stack.pop()
+            if not stack or stack[-1] != event.version:
+                stack.append(event.version)
+        else:
+            stack.append(event.version)
+    return stack
+
+
+def move_champion(version: str, kind: str, by: str, reason: str, metrics: Mapping[str, float] | None,
+                  client) -> PromotionEvent:
+    """Point `champion` at `version` (one atomic alias update), then record the event."""
+    previous = aliases(client).get(CHAMPION)
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, str(version))
+    event = PromotionEvent(at=utc_now(), kind=kind, version=str(version), previous=previous, by=by,
+                           reason=reason[:500], metrics={key: float(value) for key, value in (metrics or {}).items()})
+    for key, value in {"promoted_by": by, "promoted_at": event.at, "previous_champion": previous or "none",
+                       "promotion_reason": event.reason or kind}.items():
+        client.set_model_version_tag(MODEL_NAME, str(version), key, value)
+    append_history(event, client)
+    return event
+
+
+def promote(version: str, by: str, reason: str = "", metrics: Mapping[str, float] | None = None, client=None,
+            smoke: bool = True, force: bool = False) -> PromotionEvent:
+    """Make `version` the champion: smoke test first, refuse a failed validation unless forced.
+
+    `smoke=False` is for a caller that has just run `smoke_test` on this version itself.
+    """
+    client = client or registry_client()
+    model_version = get_version(version, client)
+    current = aliases(client)
+    if current.get(CHAMPION) == str(version):
+        raise Art2MusError(f"registry: version {version} is already the champion")
+    if model_version.tags.get(VALIDATION_TAG) == "failed" and not force:
+        raise Art2MusError(f"registry: version {version} failed validation (tag {VALIDATION_TAG}); "
+                           "promote it anyway with --force")
+    if smoke:
+        smoke_test(version, client)
+    event = move_champion(version, "promote", by, reason, metrics, client)
+    if current.get(CHALLENGER) == str(version):
+        client.delete_registered_model_alias(MODEL_NAME, CHALLENGER)  # it no longer challenges: it won
+    logger.info("registry: version %s is the champion (was %s)", version, event.previous or "none")
+    return event
+
+
+def rollback(by: str, reason: str = "", client=None) -> PromotionEvent:
+    """Give the champion alias back to the champion before the current one (per the history)."""
+    client = client or registry_client()
+    current = aliases(client).get(CHAMPION)
+    if current is None:
+        raise Art2MusError(f"registry: {MODEL_NAME} has no champion to roll back")
+    stack = champion_stack(history(client))
+    if not stack or stack[-1] != current:
+        raise Art2MusError(f"registry: the champion (version {current}) was not set through art2mus promote, "
+                           "so the history cannot say which version came before it")
+    if len(stack) < 2:
+        raise Art2MusError(f"registry: version {current} is the first champion; there is nothing to roll back to")
+    target = stack[-2]
+    event = move_champion(target, "rollback", by, reason or f"rollback from version {current}", None, client)
+    client.set_model_version_tag(MODEL_NAME, current, "rolled_back_at", event.at)
+    logger.info("registry: rolled back the champion from version %s to %s", current, target)
+    return event
