@@ -231,8 +231,71 @@ class TrainParams(Section):
     keep_checkpoints: int = Field(2, ge=1)
 
 
+class FadEmbedderSpec(Section):
+    """The audio embedder FAD is computed in; its name is part of the metric's (`fad_<name>`)."""
+
+    name: Literal["spectral", "tiny", "clap", "imagebind", "vggish"] = "spectral"  # spectral: no weights
+    source: str = ""
+    revision: str = "main"
+
+
+class EvaluateParams(Section):
+    """How a model is evaluated on a split (the `evaluate` stage and `art2mus evaluate --model`)."""
+
+    out_dir: str = "reports/evaluate"
+    split: Literal["train", "val", "test"] = "test"
+    seed: int = 0  # candidates, noise and timestep draws, generation: the same for every model
+    k: int = Field(8, ge=2)  # retrieval among k candidate artworks
+    draws: int = Field(16, ge=1)  # noise/timestep draws per (track, candidate)
+    t_range: tuple[int, int] = (300, 900)
+    untrained_seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1)
+    scheduler: Literal["dpmsolver++", "ddim"] = "dpmsolver++"
+    steps: int = Field(25, ge=1)
+    guidance_scale: float = Field(3.5, ge=0)
+    seconds: float | None = Field(None, gt=0)  # None: the prior's crop
+    batch_size: int = Field(16, ge=1)
+    max_items: int | None = Field(None, ge=1)  # cap on generated items (None: the whole split)
+    report_items: int = Field(12, ge=0)  # artworks shown with players in the HTML report
+    fad_embedder: FadEmbedderSpec = FadEmbedderSpec()
+    fad_resamples: int = Field(200, ge=0)
+    score_embedder: EncoderSpec = EncoderSpec(name="tiny")  # ImageBindScore's audio side (imagebind: AM too)
+    tagger: str = ""  # an ASTForAudioClassification (local path or hub id) for the KL; "" = KL absent
+    threads: int = Field(2, ge=1)
+
+
 class ValidateSplitsParams(Section):
     min_pairs_per_split: SplitCounts = SplitCounts()
+
+
+class MetricRule(Section):
+    """How one promotion metric is compared: which way is better and by how much it must win."""
+
+    direction: Literal["higher", "lower"] = "higher"
+    # Required lower confidence bound of the paired improvement: >= 0 means "must be better";
+    # < 0 is a tolerated regression (non-inferiority margin).
+    min_improvement: float = 0.0
+
+
+class PromotionParams(Section):
+    """Champion/challenger promotion (art2mus/tracking/promotion.py explains the rule)."""
+
+    require_approval: bool = False  # the challenger waits for `art2mus promote VERSION`
+    confidence: float = Field(0.95, gt=0.5, lt=1)  # one-sided level of the lower confidence bound
+    resamples: int = Field(9999, ge=100)  # paired bootstrap resamples
+    seed: int = 0
+    metrics: dict[str, MetricRule] = Field(
+        default_factory=lambda: {"retrieval_top1": MetricRule(), "gap": MetricRule(min_improvement=-0.01)},
+        min_length=1)
+    floors: dict[str, float] = Field(default_factory=lambda: {"retrieval_top1": 0.25})
+
+    @model_validator(mode="after")
+    def _one_metric_must_win(self) -> "PromotionParams":
+        if not any(rule.min_improvement >= 0 for rule in self.metrics.values()):
+            raise ValueError("at least one metric needs min_improvement >= 0, or an equal challenger would win")
+        unknown = sorted(set(self.floors) - set(self.metrics))
+        if unknown:
+            raise ValueError(f"floors on undeclared metrics: {', '.join(unknown)} (declare them under metrics)")
+        return self
 
 
 class Params(Section):
@@ -251,6 +314,8 @@ class Params(Section):
     prior: PriorParams = PriorParams()
     latents: LatentsParams = LatentsParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    promotion: PromotionParams = PromotionParams()
 
 
 class ConfigError(Art2MusError):

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from art2mus.cli.fad import fad
+from art2mus.cli.registry import history, promote, rollback
 from art2mus.config import load_params
 from art2mus.env import configure_environment, project_root
 from art2mus.errors import Art2MusError
@@ -119,6 +121,9 @@ def print_data_summary(root: Path) -> None:
         typer.echo(f"trained aligner: models/art2mus (weights {record['weights_sha256'][:12]}, "
                    f"MLflow run {record['mlflow_run_id']}, final loss {record['final_loss']:.4f})")
         typer.echo("generate with:   art2mus generate IMAGE... -o OUT_DIR --model models/art2mus")
+    report = root / load_params(root / "params.yaml").evaluate.out_dir / "report" / "index.html"
+    if report.exists():
+        typer.echo(f"evaluation report: {report}")
 
 
 @app.command()
@@ -154,6 +159,29 @@ def generate(
 
 
 @app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="A packaged model folder or an MLflow URI "
+                                             "(runs:/..., models:/art2mus-aligner@champion).")] = "models/art2mus",
+    split: Annotated[Optional[str], typer.Option(help="train, val or test (default: evaluate.split).")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output folder (default: "
+                                                "<evaluate.out_dir>-<split>-<weights hash>).")] = None,
+    params_file: Params = Path("params.yaml"),
+    quiet: Quiet = False,
+) -> None:
+    """Evaluate any model on a split with the same candidates, noise and seeds as every other model."""
+    from art2mus.evaluation.evaluate import REPORT_DIR, evaluate_uri, summary_line
+
+    setup_logging(quiet)
+    root = configure_environment(project_root())
+    try:
+        evaluation, out_dir = evaluate_uri(model, load_params(params_file), split, out, root)
+    except (Art2MusError, ValueError) as error:
+        fail("evaluate", error)
+    typer.echo(f"evaluate: {summary_line(evaluation.metrics)}")
+    typer.echo(f"evaluation report: {out_dir / REPORT_DIR / 'index.html'}")
+
+
+@app.command()
 def train(
     resume: Annotated[bool, typer.Option(help="Continue the last compatible checkpoint.")] = True,
 ) -> None:
@@ -176,6 +204,12 @@ def show_params(params_file: Params = Path("params.yaml")) -> None:
     except Art2MusError as error:
         fail("params", error)
     typer.echo(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+
+
+app.command("fad")(fad)
+app.command("promote")(promote)
+app.command("rollback")(rollback)
+app.command("history")(history)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from art2mus.config import AudioParams
 from art2mus.io import atomic_path
-from art2mus.models.audio import AudioDecodeError, crop_waveform, log_mel, mel_transform, peak_normalise, read_mono
+from art2mus.models.audio import CROP_VERSION, AudioDecodeError, log_mel, mel_transform, model_crop, read_mono
 from art2mus.models.backbone import Backbone
 
 logger = logging.getLogger(__name__)
@@ -30,13 +30,14 @@ FAILED_FILE = "latents_failed.parquet"
 
 def cache_key(sha256: str, codec_id: str, audio: AudioParams) -> str:
     """The identity of one latent: file content, codec weights, crop and mel settings."""
-    settings = json.dumps({"codec": codec_id, **audio.model_dump(mode="json")}, sort_keys=True)
+    settings = json.dumps({"codec": codec_id, "crop_version": CROP_VERSION, **audio.model_dump(mode="json")},
+                          sort_keys=True)
     return hashlib.sha256(f"{sha256}:{settings}".encode()).hexdigest()
 
 
 def crop_log_mel(path: Path, audio: AudioParams, transform: torch.nn.Module) -> torch.Tensor:
-    """[frames, n_mels] log-mel of a track's model crop (peak-normalised)."""
-    wave = crop_waveform(peak_normalise(read_mono(path, audio.sample_rate)), audio)
+    """[frames, n_mels] log-mel of a track's model crop."""
+    wave = model_crop(read_mono(path, audio.sample_rate), audio)
     return log_mel(torch.from_numpy(wave)[None], audio, transform)[0]
 
 

@@ -1,1 +1,1 @@
-"""Evaluation: correspondence, retrieval and (later) FAD and ImageBindScore, all over sets with CIs."""
+"""Evaluation: correspondence and retrieval, FAD, ImageBindScore, KL and planted factors, over sets with CIs."""

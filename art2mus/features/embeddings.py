@@ -31,7 +31,7 @@ from art2mus.io import atomic_path, write_json_atomic, write_table_atomic
 
 logger = logging.getLogger(__name__)
 
-FEATURES_VERSION = 1  # bump when decoding or cropping changes what an encoder is given
+FEATURES_VERSION = 2  # bump when decoding or cropping changes what an encoder is given
 SHARDS_DIR = "shards"
 FAILED_FILE = "features_failed.parquet"
 SUMMARY_FILE = "features_summary.json"

@@ -59,14 +59,15 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 def decode_audio_crop(data: bytes, audio: AudioParams) -> np.ndarray:
-    """The model's crop as mono float32 at audio.sample_rate: `crop_seconds` from the offset, zero-padded at the end.
+    """The model's crop (art2mus.models.audio.model_crop) as mono float32 at audio.sample_rate.
 
-    The same crop as art2mus.models.audio.crop_waveform: downmix, resample, then cut at
-    round(offset * sample_rate); only the part of the file up to the crop's end is decoded.
+    Only the part of the file up to the crop's end is decoded: downmix, resample, then model_crop.
     """
     import soundfile as sf
     import torch
     import torchaudio
+
+    from art2mus.models.audio import model_crop
 
     try:
         with sf.SoundFile(io.BytesIO(data)) as handle:
@@ -82,10 +83,6 @@ def decode_audio_crop(data: bytes, audio: AudioParams) -> np.ndarray:
     mono = samples.mean(axis=1)
     if rate != audio.sample_rate:
         mono = torchaudio.functional.resample(torch.from_numpy(mono), rate, audio.sample_rate).numpy()
-    offset = round(audio.crop_offset_seconds * audio.sample_rate)
-    crop = mono[offset: offset + audio.crop_samples]
-    if len(crop) == 0:
+    if len(mono) <= round(audio.crop_offset_seconds * audio.sample_rate):
         raise MediaError(f"track ends before the crop starts ({len(mono) / audio.sample_rate:.2f} s)")
-    if len(crop) < audio.crop_samples:
-        crop = np.pad(crop, (0, audio.crop_samples - len(crop)))
-    return np.ascontiguousarray(crop, dtype=np.float32)
+    return np.ascontiguousarray(model_crop(mono, audio), dtype=np.float32)

@@ -82,6 +82,19 @@ def peak_normalise(wave: np.ndarray, peak: float = 0.5) -> np.ndarray:
     return wave if top == 0.0 else (wave / top * peak).astype(np.float32)
 
 
+CROP_VERSION = 2  # caches of anything computed from model_crop key on this: bump when it changes
+
+
+def model_crop(wave: np.ndarray, audio: AudioParams, offset_seconds: float | None = None) -> np.ndarray:
+    """The clip the model sees, wherever it is computed (prior, latents, features, evaluation):
+    `crop_seconds` of the mono waveform from the offset, zero-padded at the end, peak-normalised.
+
+    Normalising the crop (not the whole track) means a crop depends only on the samples up to its
+    end, so a reader may decode just that prefix.
+    """
+    return peak_normalise(crop_waveform(wave, audio, offset_seconds))
+
+
 def dct_matrix(n: int) -> torch.Tensor:
     """Orthonormal DCT-II matrix: rows are basis vectors, so its transpose is its inverse."""
     k = torch.arange(n, dtype=torch.float64)[:, None]
@@ -110,6 +123,9 @@ class MelCodec(ModelMixin, ConfigMixin):
         if frames % fold_time or n_mels % fold_mel:
             raise ValueError(f"frames {frames} / n_mels {n_mels} must divide by the fold ({fold_time}, {fold_mel})")
         self.register_buffer("mean", torch.zeros(n_mels))
+        # Per-bin range of the train log-mels: what sampling may not leave (see `decode_in_range`).
+        self.register_buffer("low", torch.full((n_mels,), math.log(LOG_FLOOR)))
+        self.register_buffer("high", torch.full((n_mels,), 5.0))
         self.register_buffer("scale", torch.ones(fold_time * fold_mel))  # per coefficient channel
         self.register_buffer("dct_time", dct_matrix(fold_time))
         self.register_buffer("dct_mel", dct_matrix(fold_mel))
@@ -125,7 +141,10 @@ class MelCodec(ModelMixin, ConfigMixin):
 
     def fit(self, mels: torch.Tensor) -> None:
         """Per-bin mean and per-channel scales from [N, frames, n_mels] log-mels (the train split's)."""
-        self.mean.copy_(mels.reshape(-1, mels.shape[-1]).double().mean(0).float())
+        bins = mels.reshape(-1, mels.shape[-1])
+        self.mean.copy_(bins.double().mean(0).float())
+        self.low.copy_(bins.min(0).values)
+        self.high.copy_(bins.max(0).values)
         self.scale.fill_(1.0)
         coefficients = self.encode(mels).double()
         self.scale.copy_(coefficients.transpose(0, 1).flatten(1).std(dim=1).clamp_min(1e-3).float())
@@ -146,6 +165,12 @@ class MelCodec(ModelMixin, ConfigMixin):
         coefficients = (latents * self.scale[:, None, None]).permute(0, 2, 3, 1).reshape(b, h, w, c.fold_time, c.fold_mel)
         blocks = torch.einsum("ui,bhwuv,vj->bhiwj", self.dct_time, coefficients, self.dct_mel)
         return blocks.reshape(b, h * c.fold_time, w * c.fold_mel) + self.mean
+
+    def decode_in_range(self, latents: torch.Tensor) -> torch.Tensor:
+        """`decode`, clamped to each bin's train range: a sampled latent that overshoots (a tiny prior
+        does, now and then) becomes the loudest mel the prior ever saw, not a burst Griffin-Lim
+        turns into a peak of tens."""
+        return torch.maximum(torch.minimum(self.decode(latents), self.high), self.low)
 
 
 class GriffinLimVocoder(ModelMixin, ConfigMixin):

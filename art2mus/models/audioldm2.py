@@ -45,6 +45,10 @@ class LatentCodecAdapter(nn.Module):
         """Scaled latents -> [B, frames, n_mels] log-mel."""
         return self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor).sample[:, 0]
 
+    def decode_in_range(self, latents: torch.Tensor) -> torch.Tensor:
+        """AudioLDM2's HiFi-GAN takes the VAE's output as it is."""
+        return self.decode(latents)
+
 
 def is_local_source(source: str) -> bool:
     """A source naming a folder (existing, or written as a path) rather than a hub id."""

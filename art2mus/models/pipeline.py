@@ -95,12 +95,6 @@ class Art2MusPipeline:
     def sample_rate(self) -> int:
         return int(self.backbone.info["sample_rate"])
 
-    @torch.no_grad()
-    def conditioning(self, images: list) -> torch.Tensor:
-        """[B, max_new_tokens, d_lm] LOA for a batch of PIL images."""
-        embeds = self.encoder.embed_images(images).float()
-        return self.backbone.language_of_audio(self.aligner(embeds))
-
     def latent_shape(self, seconds: float | None) -> tuple[int, int, int]:
         """Latent shape for a length: the codec folds time, so length sets the latent height."""
         channels, height, width = self.backbone.latent_shape
@@ -135,12 +129,20 @@ class Art2MusPipeline:
     def __call__(self, images: list, config: GenerationConfig | None = None) -> list[np.ndarray]:
         """One waveform (float32, mono, `sample_rate`) per image, of the requested length."""
         config = config or GenerationConfig()
+        embeds = torch.cat([self.encoder.embed_images(images[start: start + config.batch_size]).float()
+                            for start in range(0, len(images), config.batch_size)])
+        return self.render(self.aligner(embeds), config)
+
+    @torch.no_grad()
+    def render(self, tokens: torch.Tensor, config: GenerationConfig | None = None) -> list[np.ndarray]:
+        """One waveform per row of aligner tokens [N, K, d_lm] (baselines condition through here too)."""
+        config = config or GenerationConfig()
         generator = torch.Generator().manual_seed(config.seed)
         waves: list[np.ndarray] = []
-        for start in range(0, len(images), config.batch_size):
-            loa = self.conditioning(images[start: start + config.batch_size])
+        for start in range(0, len(tokens), config.batch_size):
+            loa = self.backbone.language_of_audio(tokens[start: start + config.batch_size])
             latents = self.sample_latents(loa, config, generator)
-            audio = self.backbone.vocoder(self.backbone.codec.decode(latents))
+            audio = self.backbone.vocoder(self.backbone.codec.decode_in_range(latents))
             for wave in limit_peaks(audio.float().cpu().numpy()):
                 if config.seconds is not None:
                     wave = wave[: round(config.seconds * self.sample_rate)]

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from art2mus.config import AudioParams, BackboneParams, PriorParams
-from art2mus.models.audio import crop_frames, log_mel, mel_transform, peak_normalise, read_mono
+from art2mus.models.audio import log_mel, mel_transform, model_crop, read_mono
 from art2mus.models.backbone import Backbone, build_tiny_backbone
 from art2mus.training.diffusion import diffusion_target, sample_noise_and_timesteps
 
@@ -30,41 +30,25 @@ class PriorResult:
     seconds: float
 
 
-def track_mels(paths: list[str], audio: AudioParams, quiet: bool = False) -> list[torch.Tensor]:
-    """Whole-track log-mels [frames, n_mels] (peak-normalised audio), at least one crop long."""
-    transform = mel_transform(audio)
-    frames = crop_frames(audio)
-    mels = []
-    for path in tqdm(paths, desc="prior: mels", unit="track", disable=quiet, leave=False):
-        wave = peak_normalise(read_mono(path, audio.sample_rate))
-        minimum = frames * audio.hop_length
-        if len(wave) < minimum:
-            wave = np.pad(wave, (0, minimum - len(wave)))
-        mels.append(log_mel(torch.from_numpy(wave)[None], audio, transform)[0])
-    return mels
+def track_waves(paths: list[str], audio: AudioParams, quiet: bool = False) -> list[np.ndarray]:
+    """Whole tracks as mono float32 at the model's sample rate."""
+    return [read_mono(path, audio.sample_rate)
+            for path in tqdm(paths, desc="prior: audio", unit="track", disable=quiet, leave=False)]
 
 
-def fixed_crop(mel: torch.Tensor, audio: AudioParams) -> torch.Tensor:
-    """The crop the rest of the pipeline uses (crop_offset_seconds), clipped to the track."""
-    frames = crop_frames(audio)
-    start = min(round(audio.crop_offset_seconds * audio.sample_rate / audio.hop_length), mel.shape[0] - frames)
-    return mel[start: start + frames]
-
-
-def sample_crops(mels: list[torch.Tensor], audio: AudioParams, batch: int, random_crops: bool,
-                 generator: torch.Generator) -> torch.Tensor:
-    """A batch of [batch, frames, n_mels] crops: random tracks, random (or fixed) offsets."""
-    frames = crop_frames(audio)
-    picks = torch.randint(len(mels), (batch,), generator=generator).tolist()
+def sample_crops(waves: list[np.ndarray], audio: AudioParams, batch: int, random_crops: bool,
+                 generator: torch.Generator, transform: torch.nn.Module) -> torch.Tensor:
+    """[batch, frames, n_mels] log-mels of model crops: random tracks at random (or the fixed) offsets."""
+    picks = torch.randint(len(waves), (batch,), generator=generator).tolist()
     crops = []
     for index in picks:
-        mel = mels[index]
+        wave = waves[index]
+        offset = None
         if random_crops:
-            start = int(torch.randint(mel.shape[0] - frames + 1, (1,), generator=generator))
-            crops.append(mel[start: start + frames])
-        else:
-            crops.append(fixed_crop(mel, audio))
-    return torch.stack(crops)
+            start = int(torch.randint(max(1, len(wave) - audio.crop_samples + 1), (1,), generator=generator))
+            offset = start / audio.sample_rate
+        crops.append(model_crop(wave, audio, offset))
+    return log_mel(torch.from_numpy(np.stack(crops)), audio, transform)
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -86,9 +70,11 @@ def train_prior(
     """Train a tiny backbone on the given tracks (the train split's); returns it frozen."""
     torch.set_num_threads(params.threads)
     started = time.perf_counter()
-    mels = track_mels(track_paths, audio, quiet)
+    waves = track_waves(track_paths, audio, quiet)
+    transform = mel_transform(audio)
     backbone = build_tiny_backbone(backbone_params, audio, seed=params.seed)
-    backbone.codec.fit(torch.stack([fixed_crop(mel, audio) for mel in mels]))
+    # The codec's statistics come from the fixed crops: exactly what `latents` will encode.
+    backbone.codec.fit(log_mel(torch.from_numpy(np.stack([model_crop(w, audio) for w in waves])), audio, transform))
     trained = [backbone.unet, backbone.language_model, backbone.audio_encoder]
     for module in trained:
         module.train()
@@ -102,7 +88,8 @@ def train_prior(
     bar = tqdm(range(params.steps), desc="prior", unit="step", disable=quiet, leave=False)
     for step in bar:
         with torch.no_grad():
-            latents = backbone.codec.encode(sample_crops(mels, audio, params.batch_size, params.random_crops, generator))
+            latents = backbone.codec.encode(
+                sample_crops(waves, audio, params.batch_size, params.random_crops, generator, transform))
         noise, timesteps = sample_noise_and_timesteps(latents, backbone.scheduler, generator)
         noisy = backbone.scheduler.add_noise(latents, noise, timesteps)
         loa = backbone.language_of_audio(backbone.audio_encoder(latents))
