@@ -19,6 +19,10 @@ from art2mus.data.probe import probe_audio, probe_image
 from art2mus.data.sample import make_sample
 
 MEASURE_CHILD = """
+def peak_mb():
+    # This process's own peak RSS (VmHWM): ru_maxrss would also count the parent's peak.
+    with open("/proc/self/status") as status:
+        return next(float(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
 import json, resource, sys, time
 from pathlib import Path
 from art2mus.config import IngestParams
@@ -28,7 +32,7 @@ started = time.perf_counter()
 summary = ingest(root / "artgraph", root / "fma", out, IngestParams(workers=workers), quiet=True)
 elapsed = time.perf_counter() - started
 print(json.dumps({"seconds": elapsed, "summary": summary,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_mb": peak_mb(),
                   "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 
