@@ -3,10 +3,16 @@
 Writes the final aligner (safetensors + config), a record of the MLflow run id and the weights'
 hash (so a flow knows which model it has when DVC skips this stage), and the loss curve.
 A killed run resumes from its last checkpoint when params, data and prior are unchanged.
+
+Data parallel under torchrun (`python -m torch.distributed.run --standalone --nproc_per_node N
+-m stages.train`): every process trains its slice of each batch; only rank 0 (`process_rank()`,
+from the launcher's RANK, known before accelerate starts) opens the MLflow run, writes checkpoints
+and writes the outputs. The other ranks make no MLflow call and write nothing.
 """
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +28,7 @@ from art2mus.models.backbone import load_backbone
 from art2mus.models.pipeline import save_model
 from art2mus.stage import run_stage
 from art2mus.tracking import stage_run
+from art2mus.tracking.runs import process_rank
 from art2mus.training.aligner import AlignerData, train_aligner, weights_sha256
 
 RECORD = Path("models/train_record.json")
@@ -54,11 +61,19 @@ def data_fingerprint(params_json: dict, encoder_id: str, prior_id: str, data: Al
     return digest.hexdigest()
 
 
+def remove_interrupted_writes(path: Path) -> None:
+    """Delete the folders a killed `atomic_path(path)` left beside `path` (`.<name>.*.tmp` / `.old`)."""
+    for leftover in path.parent.glob(f".{path.name}.*"):
+        if leftover.suffix in (".tmp", ".old"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def main(resume: bool = True) -> None:
     params = load_params()
     config = params.train
     out = Path(config.out_dir)
-    with stage_run("train", config, params.tracking.experiment) as run:
+    main_process = process_rank() == 0
+    with stage_run("train", config, params.tracking.experiment) as run:  # inactive on other ranks
         backbone = load_backbone(params.prior.out_dir)
         splits = read_table(SPLITS_TABLE)
         image_ids, image_matrix, encoder_id, _ = load_embeddings(Path(params.features.out_dir), "image")
@@ -68,20 +83,26 @@ def main(resume: bool = True) -> None:
         fingerprint = data_fingerprint(config.model_dump(mode="json"), encoder_id, prior_id, data)
         result = train_aligner(data, backbone, config, out, resume=resume, fingerprint=fingerprint,
                                log_loss=lambda step, loss: run.log_metrics({"train_loss": loss}, step=step))
+        if not main_process:
+            return
+        for path in (out / "aligner", MODEL_DIR, RECORD, LOSS_PLOT):
+            remove_interrupted_writes(path)
         with atomic_path(out / "aligner") as tmp:
             result.aligner.save_pretrained(tmp)
         digest = weights_sha256(result.aligner)
         record = {"mlflow_run_id": run.run_id, "weights_sha256": digest, "prior": prior_id,
                   "backbone": {k: v for k, v in backbone.info.items() if k != "tiny"},
                   "image_encoder_id": encoder_id, "train_pairs": len(data.latents), "steps": config.steps,
-                  "final_loss": result.losses[-1][1], "seconds": result.seconds, "resumed_from": result.resumed_from}
+                  "final_loss": result.losses[-1][1], "seconds": result.seconds, "resumed_from": result.resumed_from,
+                  "world_size": result.world_size}
         with atomic_path(MODEL_DIR) as tmp:
             save_model(tmp, result.aligner, params.prior.out_dir, params.features.image_encoder, record)
         write_json_atomic(record, RECORD)
         write_table_atomic(pd.DataFrame(result.losses, columns=["step", "loss"]), LOSS_PLOT)
         run.log_artifact(out / "aligner", artifact_path="aligner")
         run.log_artifact(RECORD)
-        run.set_tags({"aligner.weights_sha256": digest, "prior.id": prior_id, "image_encoder": encoder_id})
+        run.set_tags({"aligner.weights_sha256": digest, "prior.id": prior_id, "image_encoder": encoder_id,
+                      "train.world_size": result.world_size})
         run.log_metrics({"final_loss": record["final_loss"], "seconds": result.seconds})
 
 

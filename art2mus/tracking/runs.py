@@ -22,6 +22,14 @@ DEFAULT_ARTIFACTS = "mlartifacts"
 PARENT_RUN_ENV = "ART2MUS_PARENT_RUN_ID"  # set by a flow so stage runs nest under it
 
 
+def process_rank() -> int:
+    """This process's global rank in a torchrun/accelerate launch (their `RANK`), 0 when launched alone.
+
+    Read from the environment the launcher sets, so it is known before (and without) any process group.
+    """
+    return int(os.environ.get("RANK", "0"))
+
+
 def tracking_uri(root: Path | None = None) -> str:
     """`MLFLOW_TRACKING_URI` when set, else a SQLite file in the project."""
     explicit = os.environ.get("MLFLOW_TRACKING_URI")
@@ -83,18 +91,23 @@ def ensure_experiment(name: str, uri: str, root: Path) -> str:
 
 @dataclass
 class StageRun:
-    """A handle on the active stage run."""
+    """A handle on the active stage run; an inactive one (a non-zero rank's) logs nothing."""
 
     run_id: str
     stage: str
+    active: bool = True
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if not self.active:
+            return
         import mlflow
 
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Log a file, or every file of a folder (under `artifact_path`)."""
+        if not self.active:
+            return
         import mlflow
 
         if Path(path).is_dir():
@@ -103,11 +116,15 @@ class StageRun:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        if not self.active:
+            return
         import mlflow
 
         mlflow.log_dict(dict(data), artifact_file)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
         import mlflow
 
         mlflow.set_tags({key: str(value) for key, value in tags.items()})
@@ -120,8 +137,15 @@ def stage_run(
     experiment: str = "art2mus",
     root: Path | None = None,
 ) -> Iterator[StageRun]:
-    """Start an MLflow run for `stage`, log its params and code version, end it FAILED on error."""
+    """Start an MLflow run for `stage`, log its params and code version, end it FAILED on error.
+
+    Under a multi-process launch only rank 0 tracks: other ranks get an inactive handle and make no
+    MLflow call at all (one run per stage, no concurrent writers to the store).
+    """
     root = configure_environment(root or project_root())
+    if process_rank() != 0:
+        yield StageRun(run_id="", stage=stage, active=False)
+        return
     import mlflow
 
     uri = tracking_uri(root)

@@ -52,6 +52,7 @@ class TrainResult:
     losses: list[tuple[int, float]]
     seconds: float
     resumed_from: int  # 0 when started fresh
+    world_size: int  # data-parallel processes that trained it
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -107,8 +108,16 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def remove_interrupted_checkpoints(out_dir: Path) -> None:
+    """Delete what a killed checkpoint save left: atomic_path's `.step-*.tmp` / `.old` folders."""
+    directory = out_dir / CHECKPOINTS_DIR
+    for leftover in directory.glob(".step-*") if directory.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def save_checkpoint(
-    out_dir: Path, step: int, aligner: ImageAligner, optimizer, schedule, losses, params: TrainParams, fingerprint: str
+    out_dir: Path, step: int, aligner: ImageAligner, optimizer, schedule, losses, params: TrainParams, fingerprint: str,
+    world_size: int = 1,
 ) -> None:
     """Aligner (safetensors), optimizer, LR schedule, step, RNG states and config; old ones pruned."""
     path = out_dir / CHECKPOINTS_DIR / f"step-{step:07d}"
@@ -124,6 +133,7 @@ def save_checkpoint(
             "python_rng": random.getstate()[1],
             "config": params.model_dump(mode="json"),
             "fingerprint": fingerprint,
+            "world_size": world_size,
         }, tmp / STATE_FILE)
     for old in sorted((out_dir / CHECKPOINTS_DIR).glob("step-*"))[: -params.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
@@ -142,7 +152,8 @@ def train_aligner(
     """Train (or resume) the aligner; only rank 0 writes checkpoints. Returns the unwrapped aligner.
 
     A checkpoint is resumed only when its `fingerprint` (params, data, prior) equals this run's;
-    checkpoints of another configuration are discarded.
+    checkpoints of another configuration are discarded. Under torchrun every process calls this and
+    gets the same weights; the caller decides what rank 0 alone does with them.
     """
     from accelerate import Accelerator
 
@@ -161,8 +172,6 @@ def train_aligner(
     if state is not None and state.get("fingerprint") != fingerprint:
         logger.info("train: checkpoints in %s are from another configuration; starting fresh", out_dir)
         state = None
-    if state is None and accelerator.is_main_process:
-        shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
     if state is not None:
         aligner.load_state_dict(ImageAligner.from_pretrained(checkpoint / "aligner").state_dict())
         optimizer.load_state_dict(state["optimizer"])
@@ -170,6 +179,16 @@ def train_aligner(
         losses = [tuple(item) for item in state["losses"]]
         first_step = int(state["step"])
         logger.info("train: resuming from %s (step %d)", checkpoint, first_step)
+        if state.get("world_size", 1) != accelerator.num_processes:
+            logger.warning("train: %s was written by %d process(es), resuming with %d: the weights will not "
+                           "match an uninterrupted run bit for bit", checkpoint, state.get("world_size", 1),
+                           accelerator.num_processes)
+    # Every process has read the checkpoint before rank 0 may delete or prune it.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        remove_interrupted_checkpoints(out_dir)
+        if state is None:
+            shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
     aligner, optimizer = accelerator.prepare(aligner, optimizer)
     image_embeds = data.image_embeds.to(accelerator.device)
     latents = data.latents.to(accelerator.device)
@@ -207,11 +226,11 @@ def train_aligner(
         done = step + 1
         if rank == 0 and (done % params.checkpoint_every == 0 or done == params.steps):
             save_checkpoint(out_dir, done, accelerator.unwrap_model(aligner), optimizer, schedule, losses, params,
-                            fingerprint)
+                            fingerprint, world)
         accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
     return TrainResult(aligner=accelerator.unwrap_model(aligner).eval(), losses=losses, seconds=seconds,
-                       resumed_from=first_step)
+                       resumed_from=first_step, world_size=world)
 
 
 def _sliced(generator: torch.Generator, micro: int, rank: int, world: int) -> torch.Generator:
