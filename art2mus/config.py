@@ -259,6 +259,7 @@ class EvaluateParams(Section):
     fad_embedder: FadEmbedderSpec = FadEmbedderSpec()
     fad_resamples: int = Field(200, ge=0)
     score_embedder: EncoderSpec = EncoderSpec(name="tiny")  # ImageBindScore's audio side (imagebind: AM too)
+    planted_tracks: int = Field(160, ge=8)  # train tracks the sample's planted-factor estimator learns from
     tagger: str = ""  # an ASTForAudioClassification (local path or hub id) for the KL; "" = KL absent
     threads: int = Field(2, ge=1)
 

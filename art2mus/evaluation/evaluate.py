@@ -255,7 +255,10 @@ def evaluate_model(pipeline: Art2MusPipeline, data: SplitData, params: Params, o
                        for name, waves in generated.items()},
     }
     if planted is not None:
-        estimator = fit_factor_estimator(planted.train.track_paths, planted.levels.loc[planted.train.pairs["track_id"]],
+        chosen = np.sort(np.random.default_rng(config.seed).permutation(len(planted.train.track_paths))
+                         [: config.planted_tracks])
+        estimator = fit_factor_estimator([planted.train.track_paths[i] for i in chosen],
+                                         planted.levels.loc[planted.train.pairs["track_id"].iloc[chosen]],
                                          pipeline.backbone, audio, seed=config.seed)
         wanted = planted.levels.loc[pairs["track_id"]].reset_index(drop=True)
         for name, waves in generated.items():

@@ -16,7 +16,7 @@ from tests.conftest import BIN, run
 pytestmark = pytest.mark.slow
 
 DATA_STAGES = ["sample", "ingest", "validate_raw", "pair", "split", "validate_splits"]
-MODEL_STAGES = ["features", "prior", "latents", "train"]
+MODEL_STAGES = ["features", "prior", "latents", "train", "evaluate"]
 
 
 def test_repro_produces_validated_splits(pipeline_repo: Path) -> None:

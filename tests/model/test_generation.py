@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 import soundfile as sf
 from PIL import Image
@@ -89,3 +90,33 @@ def test_the_limiter_only_ever_scales_down() -> None:
     out = limit_peaks(np.stack([quiet, loud]))
     assert np.array_equal(out[0], quiet)
     assert np.isclose(np.abs(out[1]).max(), 0.99) and np.allclose(out[1] / out[1].max(), loud / loud.max())
+
+
+def test_decoded_mels_stay_within_the_priors_train_range() -> None:
+    """An overshooting sample is clamped per mel bin to what the codec was fitted on; in-range ones pass unchanged."""
+    from art2mus.models.audio import MelCodec
+
+    codec = MelCodec(n_mels=64, frames=256, fold_time=8, fold_mel=4)
+    mels = torch.randn(6, 256, 64) - 4
+    codec.fit(mels)
+    latents = codec.encode(mels)
+    assert torch.allclose(codec.decode_in_range(latents), mels, atol=1e-5)
+    wild = codec.decode_in_range(latents * 40)
+    assert torch.all(wild <= codec.high + 1e-6) and torch.all(wild >= codec.low - 1e-6)
+    assert torch.allclose(codec.high, mels.reshape(-1, 64).max(0).values)
+
+
+def test_model_crop_is_the_same_clip_everywhere(tmp_path: Path) -> None:
+    """features (decoding only the prefix), latents and the prior read one crop: offset, length, peak 0.5."""
+    from art2mus.features.media import decode_audio_crop
+    from art2mus.models.audio import model_crop, read_mono
+
+    audio = AudioParams()
+    rng = np.random.default_rng(0)
+    wave = (rng.standard_normal(4 * 22050) * np.linspace(0.1, 0.9, 4 * 22050)).astype(np.float32)
+    sf.write(tmp_path / "track.wav", np.stack([wave, wave * 0.5], axis=1), 22050)  # stereo, another rate
+    whole = model_crop(read_mono(tmp_path / "track.wav", audio.sample_rate), audio)
+    prefix = decode_audio_crop((tmp_path / "track.wav").read_bytes(), audio)
+    assert len(whole) == len(prefix) == audio.crop_samples
+    assert np.abs(whole).max() == pytest.approx(0.5) and np.abs(prefix).max() == pytest.approx(0.5)
+    assert np.allclose(whole, prefix, atol=2e-3)  # resampling a prefix differs only at its far edge
