@@ -43,7 +43,7 @@ browser:
 	fi
 
 run: setup
-	$(BIN)/art2mus repro
+	$(BIN)/art2mus retrain
 
 test: setup browser
 	$(BIN)/python -m pytest

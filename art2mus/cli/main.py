@@ -11,6 +11,7 @@ import typer
 
 from art2mus.cli.fad import fad
 from art2mus.cli.registry import history, promote, rollback
+from art2mus.cli.retrain import retrain, schedule
 from art2mus.config import load_params
 from art2mus.env import configure_environment, project_root
 from art2mus.errors import Art2MusError
@@ -210,6 +211,8 @@ app.command("fad")(fad)
 app.command("promote")(promote)
 app.command("rollback")(rollback)
 app.command("history")(history)
+app.command("retrain")(retrain)
+app.command("schedule")(schedule)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@
   weights, nothing pickled), tagged with its identity and lineage: git commit, data hashes from
   dvc.lock, full params, the aligner's weights hash, the prior, the image encoder and backbone ids.
 - Identity = sha256 over the weights hash, the prior, the image encoder, the code version and the
-  data hashes. Registering an identity the registry already holds returns that version and logs
-  nothing, so the same code, params and data never make two versions.
+  hashes of the data the `train` stage read (its dvc.lock deps). Registering an identity the
+  registry already holds returns that version and logs nothing, so the same code, params and data
+  never make two versions. Outputs downstream of training (gate reports carry GX timestamps, the
+  evaluation) are lineage, not identity: re-running them does not make the same model new.
 - Promotion moves the `champion` alias in one call: MLflow keeps one row per (model, alias) and
   updates it in place, so at no moment is there no champion or two. The event is then recorded as
   version tags (`promoted_by`, `promoted_at`, `previous_champion`) and in the registry-side log, one
@@ -42,6 +44,8 @@ IDENTITY_TAG = "identity"
 VALIDATION_TAG = "validation_status"
 VALIDATION_STATUSES = ("pending", "passed", "failed", "awaiting_approval")
 HISTORY_PREFIX = "history."
+DECISION_PREFIX = "decision."
+DECISION_META_TAGS = ("decision.reasons", "decision.champion", "decision.key")
 MODEL_CODE = Path(__file__).resolve().parents[1] / "serving" / "model_code.py"
 LOGGED_MODEL_NAME = "art2mus"
 # What generating needs, pinned to the installed versions in the logged model's requirements.
@@ -50,6 +54,9 @@ LOGGED_MODEL_NAME = "art2mus"
 RUNTIME_PACKAGES = ("mlflow", "torch", "torchaudio", "diffusers", "transformers", "safetensors", "numpy",
                     "pandas", "pillow", "soundfile", "pydantic", "pyyaml")
 CODE_DIRS = ("art2mus/", "stages/")
+# The packaged model's metadata (art2mus.models.pipeline.MODEL_FILE, not imported from there: that pulls
+# in torch and diffusers, seconds a no-op retrain should not spend).
+MODEL_FILE = "model.json"
 
 
 @dataclass(frozen=True)
@@ -58,16 +65,18 @@ class Lineage:
 
     git_commit: str = ""
     git_dirty: bool = False
-    code_diff_sha256: str = ""  # of `git diff HEAD` when the work tree differs from the commit
+    code_diff_sha256: str = ""  # of `git diff HEAD` over the code (CODE_DIRS) when it differs from the commit
     data: dict[str, str] = field(default_factory=dict)  # dvc.lock path -> md5
     params: dict[str, Any] = field(default_factory=dict)
+    training_data: dict[str, str] = field(default_factory=dict)  # the train stage's data deps -> md5
 
     @property
     def code_version(self) -> str:
-        """The commit, qualified by the diff's hash when the work tree is dirty."""
+        """The commit, qualified by the diff's hash when the code differs from it (params and data
+        edits are not code: they reach the identity through the weights and the data hashes)."""
         if not self.git_commit:
             return "unknown"
-        return f"{self.git_commit}+dirty.{self.code_diff_sha256[:16]}" if self.git_dirty else self.git_commit
+        return f"{self.git_commit}+dirty.{self.code_diff_sha256[:16]}" if self.code_diff_sha256 else self.git_commit
 
 
 @dataclass(frozen=True)
@@ -97,21 +106,37 @@ def registry_client(root: Path | None = None):
     return MlflowClient(tracking_uri=tracking_uri(root))
 
 
-def data_hashes(lock_file: Path) -> dict[str, str]:
-    """md5 of every data dependency and output in dvc.lock (code and models/ left out)."""
+def read_lock(lock_file: Path) -> dict[str, Any]:
+    """The stages of dvc.lock (empty when there is none)."""
     if not lock_file.is_file():
         return {}
     try:
         lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise Art2MusError(f"{lock_file}: not valid YAML: {error}") from None
+    return lock.get("stages") or {}
+
+
+def is_code(path: str) -> bool:
+    return path.endswith(".py") or path.startswith(CODE_DIRS)
+
+
+def data_hashes(lock_file: Path) -> dict[str, str]:
+    """md5 of every data dependency and output in dvc.lock (code and models/ left out)."""
     hashes: dict[str, str] = {}
-    for stage in (lock.get("stages") or {}).values():
+    for stage in read_lock(lock_file).values():
         for entry in [*(stage.get("deps") or []), *(stage.get("outs") or [])]:  # outs last: authoritative
             path, md5 = entry.get("path", ""), entry.get("md5")
-            if md5 and not path.endswith(".py") and not path.startswith((*CODE_DIRS, "models/")):
+            if md5 and not is_code(path) and not path.startswith("models/"):
                 hashes[path] = md5
     return dict(sorted(hashes.items()))
+
+
+def training_data_hashes(lock_file: Path, stage: str = "train") -> dict[str, str]:
+    """md5 of every non-code input `stage` recorded in dvc.lock: exactly the data the model was trained on."""
+    deps = read_lock(lock_file).get(stage, {}).get("deps") or []
+    return dict(sorted((entry["path"], entry["md5"]) for entry in deps
+                       if entry.get("md5") and not is_code(entry.get("path", ""))))
 
 
 def collect_lineage(root: Path, params_file: str = "params.yaml") -> Lineage:
@@ -122,21 +147,20 @@ def collect_lineage(root: Path, params_file: str = "params.yaml") -> Lineage:
     dirty = state.get("git.dirty") == "true"
     diff = ""
     if dirty:
-        output = subprocess.run(["git", "diff", "HEAD", "--binary"], cwd=root, capture_output=True, check=False).stdout
-        diff = hashlib.sha256(output).hexdigest()
+        output = subprocess.run(["git", "diff", "HEAD", "--binary", "--", *CODE_DIRS], cwd=root, capture_output=True,
+                                check=False).stdout
+        diff = hashlib.sha256(output).hexdigest() if output else ""
     data = data_hashes(root / "dvc.lock")
     if not data:
         logger.warning("registry: %s has no data hashes; the model's identity rests on weights and code",
                        root / "dvc.lock")
     params = load_params(root / params_file).model_dump(mode="json")
     return Lineage(git_commit=state.get("git.commit", ""), git_dirty=dirty, code_diff_sha256=diff, data=data,
-                   params=params)
+                   params=params, training_data=training_data_hashes(root / "dvc.lock"))
 
 
 def read_model_info(model_dir: Path) -> dict[str, Any]:
     """The packaged model's model.json, or a clear error."""
-    from art2mus.models.pipeline import MODEL_FILE
-
     path = model_dir / MODEL_FILE
     if not path.is_file():
         raise Art2MusError(f"{model_dir}: not an art2mus model (no {MODEL_FILE}); run the train stage")
@@ -147,9 +171,10 @@ def read_model_info(model_dir: Path) -> dict[str, Any]:
 
 
 def model_identity(weights_sha256: str, prior: str, image_encoder: Mapping[str, Any], lineage: Lineage) -> str:
-    """What makes two registrations the same model: weights, prior, encoder, code and data."""
+    """What makes two registrations the same model: weights, prior, encoder, code and training data
+    (all of dvc.lock's data when the lock has no train stage)."""
     key = {"weights_sha256": weights_sha256, "prior": prior, "image_encoder": dict(image_encoder),
-           "code": lineage.code_version, "data": lineage.data}
+           "code": lineage.code_version, "data": lineage.training_data or lineage.data}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -199,6 +224,7 @@ def version_tags(identity: str, record: Mapping[str, Any], info: Mapping[str, An
         "git.dirty": str(lineage.git_dirty).lower(),
         "code_version": lineage.code_version,
         "data_hashes": json.dumps(lineage.data, sort_keys=True),
+        "training_data_hashes": json.dumps(lineage.training_data, sort_keys=True),
         "params": json.dumps(lineage.params, sort_keys=True),
     }
 
@@ -298,16 +324,30 @@ def set_challenger(version: str, client=None) -> None:
 
 
 def record_validation(version: str, status: str, numbers: Mapping[str, float] | None = None,
-                      reasons: list[str] | None = None, client=None) -> None:
-    """The flow's verdict on a version: `validation_status` plus the decision's numbers as tags."""
+                      reasons: list[str] | None = None, client=None, champion: str | None = None,
+                      key: str | None = None) -> None:
+    """The flow's verdict on a version: `validation_status` plus the decision's numbers as tags.
+
+    With `numbers`, they replace the numbers of an earlier decision; `champion` is the version the
+    verdict was reached against (tag `decision.champion`, "none" on a first run); `key` names the
+    decision's inputs (tag `decision.key`), so a caller can tell whether a verdict still holds.
+    """
     if status not in VALIDATION_STATUSES:
         raise Art2MusError(f"registry: validation status must be one of {', '.join(VALIDATION_STATUSES)}, got {status!r}")
     client = client or registry_client()
-    get_version(version, client)
-    for key, value in (numbers or {}).items():
-        client.set_model_version_tag(MODEL_NAME, str(version), f"decision.{key}", f"{float(value):.6g}")
+    model_version = get_version(version, client)
+    if numbers is not None:
+        stale = [tag for tag in model_version.tags if tag.startswith(DECISION_PREFIX)
+                 and tag.removeprefix(DECISION_PREFIX) not in numbers and tag not in DECISION_META_TAGS]
+        for tag in stale:
+            client.delete_model_version_tag(MODEL_NAME, str(version), tag)
+    for name, value in (numbers or {}).items():
+        client.set_model_version_tag(MODEL_NAME, str(version), f"{DECISION_PREFIX}{name}", f"{float(value):.6g}")
     if reasons is not None:
         client.set_model_version_tag(MODEL_NAME, str(version), "decision.reasons", json.dumps(reasons))
+    client.set_model_version_tag(MODEL_NAME, str(version), "decision.champion", champion or "none")
+    if key is not None:
+        client.set_model_version_tag(MODEL_NAME, str(version), "decision.key", key)
     client.set_model_version_tag(MODEL_NAME, str(version), VALIDATION_TAG, status)
 
 

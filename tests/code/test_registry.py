@@ -229,6 +229,8 @@ def test_data_hashes_come_from_dvc_lock_without_code_or_models(tmp_path: Path) -
 def test_lineage_qualifies_a_dirty_work_tree(tmp_path: Path) -> None:
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
     (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "art2mus").mkdir()
+    (tmp_path / "art2mus" / "model.py").write_text("WIDTH = 1\n")
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "x"], cwd=tmp_path, check=True)
@@ -236,6 +238,9 @@ def test_lineage_qualifies_a_dirty_work_tree(tmp_path: Path) -> None:
     assert clean.code_version == clean.git_commit and len(clean.git_commit) == 40
     assert clean.params["promotion"]["floors"] == {"retrieval_top1": 0.25}
     (tmp_path / "params.yaml").write_text("split: {seed: 1}\n")
+    edited_params = collect_lineage(tmp_path)  # params are not code: they reach the identity through weights and data
+    assert edited_params.git_dirty and edited_params.code_version == clean.git_commit
+    assert edited_params.params["split"]["seed"] == 1
+    (tmp_path / "art2mus" / "model.py").write_text("WIDTH = 2\n")
     dirty = collect_lineage(tmp_path)
     assert dirty.git_dirty and dirty.code_version.startswith(f"{clean.git_commit}+dirty.")
-    assert dirty.params["split"]["seed"] == 1

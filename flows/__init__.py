@@ -1,0 +1,1 @@
+"""Prefect flows that orchestrate the pipeline (see README.md here)."""
