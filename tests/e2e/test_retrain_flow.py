@@ -215,6 +215,13 @@ def retrain(root: Path, api: str, *arguments: str, registry: Path | None = None)
     return Retrain(result.returncode, result.stdout + result.stderr, time.monotonic() - started)
 
 
+def stages_ran(output: str) -> list[str]:
+    """The stages `art2mus retrain` says DVC ran."""
+    [line] = [line for line in output.splitlines() if line.startswith("stages ran: ")]
+    ran = line.removeprefix("stages ran: ").split(";")[0]
+    return [] if ran == "none" else ran.split(", ")
+
+
 def art2mus(root: Path, api: str, *arguments: str, registry: Path | None = None) -> str:
     result = subprocess.run([str(BIN / "art2mus"), *arguments], cwd=root, env=environment(root, api, registry),
                             capture_output=True, text=True, timeout=300, check=False)
@@ -280,7 +287,9 @@ def first_runs(pipeline_repo: Path, prefect_api: str, tmp_path_factory: pytest.T
 def test_the_first_run_makes_a_champion_by_the_floors(first_runs: FirstRuns) -> None:
     output = succeeded(first_runs.first)
     assert "version 1 is the new champion (was none)" in output
-    assert "stages ran: none" in output  # the fixture's repro left nothing to do
+    # The fixture's repro left the models done. (Other e2e tests re-run a gate on the shared fixture;
+    # its report then carries new GX timestamps, so features and pair may re-run, to identical outputs.)
+    assert not set(stages_ran(output)) & {"prior", "latents", "train", "evaluate"}, output[-3000:]
     assert "the default DVC remote 'local' is a local folder" in output  # a fresh machine: nothing to pull
     assert "generate with: art2mus generate IMAGE -o OUT --model models:/art2mus-aligner@champion" in output
     client = store(first_runs.root)
@@ -299,14 +308,14 @@ def test_the_first_run_makes_a_champion_by_the_floors(first_runs: FirstRuns) -> 
 def test_a_rerun_with_nothing_changed_registers_nothing_and_says_so(first_runs: FirstRuns) -> None:
     output = succeeded(first_runs.again)
     assert "nothing changed: version 1 is already registered and is the champion" in output
-    assert "nothing new to register" in output and "stages ran: none" in output
+    assert "nothing new to register" in output and stages_ran(output) == []
     assert first_runs.after_again == (["1"], {"champion": "1"})
 
 
 @slow
 def test_a_worse_challenger_is_registered_but_not_promoted(first_runs: FirstRuns) -> None:
     output = succeeded(first_runs.weak)
-    assert "stages ran: train, evaluate;" in output  # an aligner-only variation: the prior is shared
+    assert stages_ran(output) == ["train", "evaluate"]  # an aligner-only variation: the prior is shared
     assert "version 2 is not promoted; champion stays 1" in output
     client = store(first_runs.root)
     tags = versions(client)["2"]

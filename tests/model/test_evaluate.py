@@ -59,8 +59,9 @@ def test_every_conditioning_is_scored(evaluated) -> None:
         top1 = result["retrieval_top1"]
         assert 0 <= top1["low"] <= top1["value"] <= top1["high"] <= 1
         assert result["chance_top1"] == pytest.approx(1 / 4)
-    # Mean conditioning gives every candidate the same tokens: every track ties, so exactly chance.
-    assert metrics["correspondence"]["mean"]["retrieval_top1"]["value"] == pytest.approx(1 / 4)
+    # Mean conditioning gives every candidate the same tokens: no candidate is favoured (ties are
+    # broken only by float noise between batches, so retrieval is chance, not exactly 1/4).
+    assert metrics["correspondence"]["mean"]["gap"]["value"] == pytest.approx(0.0, abs=1e-4)
 
 
 def test_generated_sets_carry_fad_scores_and_planted_factors(evaluated) -> None:
