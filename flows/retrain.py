@@ -88,7 +88,8 @@ class ReproFailed(Art2MusError):
     """`dvc repro` stopped; `stage` is the stage that failed (None when DVC itself failed)."""
 
     def __init__(self, stage: str | None, output: list[str]) -> None:
-        tail = "\n".join(output[-30:])
+        starts = [i for i, line in enumerate(output) if RUNNING_STAGE.search(line)]
+        tail = "\n".join(output[starts[-1] if starts else 0:][-30:])  # the failing stage's own output
         super().__init__(f"dvc repro failed{f' in stage {stage!r}' if stage else ''}:\n{tail}")
         self.stage = stage
         self.output = output

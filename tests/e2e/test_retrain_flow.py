@@ -54,7 +54,13 @@ from flows.retrain import (
 from tests.conftest import BIN, merge, project_env
 
 slow = pytest.mark.slow
-WEAK = {"train": {"steps": 10, "warmup_steps": 2, "checkpoint_every": 10}}  # an aligner that barely trained
+# An aligner that barely trained. Its evaluation keeps how the decision's per-item correspondence scores are
+# drawn (k, draws, t_range, seed, split) on the first 32 test items (the champion is scored on the same ones),
+# and skimps on what the decision does not read (generation steps, baselines, FAD resamples, the planted-factor
+# estimator), so the one re-run of `evaluate` stays short.
+WEAK = {"train": {"steps": 10, "warmup_steps": 2, "checkpoint_every": 10},
+        "evaluate": {"max_items": 32, "steps": 2, "untrained_seeds": [1], "fad_resamples": 20, "planted_tracks": 32,
+                     "report_items": 2}}
 LOWERED_FLOORS = {"promotion": {"floors": {"retrieval_top1": 0.0}}}
 RETRAIN_TIMEOUT = 1200  # seconds: the weak variation re-runs train and evaluate
 SERVER_TIMEOUT = 180
@@ -301,7 +307,8 @@ def test_the_first_run_makes_a_champion_by_the_floors(first_runs: FirstRuns) -> 
     assert aliases(client)["champion"] == "1"  # still, after the module's later (weaker) challenger
     run = retrain_runs(client)[0]
     assert run.info.status == "FINISHED" and run.data.tags["retrain.version"] == "1"
-    assert stage_runs(client, run.info.run_id) == ["register"]  # the registration nests under the flow's run
+    # The registration nests under the flow's run (so would a features/pair re-run, see above).
+    assert [stage for stage in stage_runs(client, run.info.run_id) if stage not in {"features", "pair"}] == ["register"]
 
 
 @slow
