@@ -1,0 +1,157 @@
+"""The storage module against a real SeaweedFS (weed mini on 127.0.0.1, started once for the module)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from art2mus.storage import (
+    S3Settings,
+    S3Store,
+    StorageError,
+    Transfer,
+    check_bucket,
+    download_file,
+    ensure_bucket,
+    list_keys,
+    s3_store,
+    upload_file,
+)
+from infra.local.stack import Service, free_ports, s3_credentials, start_s3, stop_service
+
+BUCKET = "storage-tests"
+QUICK = Transfer(max_attempts=2, connect_timeout=2, read_timeout=20, multipart_threshold=5 << 20,
+                 multipart_chunksize=5 << 20)
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, S3Settings]]:
+    """A SeaweedFS with the module's own key pair; its process group is killed at the end."""
+    state_dir = tmp_path_factory.mktemp("seaweed")
+    saved = {key: os.environ.pop(key, None) for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    try:
+        access, secret = s3_credentials(state_dir)  # made for this state dir, kept in s3.env
+        service = start_s3(state_dir, {**os.environ})
+    finally:
+        os.environ.update({key: value for key, value in saved.items() if value is not None})
+    try:
+        yield service, S3Settings(f"http://127.0.0.1:{service.ports['s3']}", access_key=access, secret_key=secret)
+    finally:
+        stop_service(service)
+
+
+@pytest.fixture()
+def store(seaweed: tuple[Service, S3Settings]) -> S3Store:
+    made = s3_store(seaweed[1], QUICK)
+    ensure_bucket(made, BUCKET)
+    return made
+
+
+def test_a_file_round_trips_with_its_checksum(store: S3Store, tmp_path: Path) -> None:
+    source = tmp_path / "clip.bin"
+    source.write_bytes(os.urandom(4096))
+    digest = upload_file(store, source, BUCKET, "round/clip.bin")
+    assert digest == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert download_file(store, BUCKET, "round/clip.bin", tmp_path / "back" / "clip.bin") == digest
+    assert (tmp_path / "back" / "clip.bin").read_bytes() == source.read_bytes()
+    assert list_keys(store, BUCKET, "round/") == ["round/clip.bin"]
+    assert ensure_bucket(store, BUCKET) is False  # already there: nothing created
+
+
+def test_a_large_file_goes_up_in_parts(store: S3Store, tmp_path: Path) -> None:
+    source = tmp_path / "large.bin"
+    source.write_bytes(os.urandom(11 << 20))  # 11 MiB with 5 MiB parts: three parts
+    digest = upload_file(store, source, BUCKET, "large.bin")
+    etag = store.client.head_object(Bucket=BUCKET, Key="large.bin")["ETag"].strip('"')
+    assert etag.endswith("-3"), etag  # a multipart upload's ETag counts its parts
+    assert download_file(store, BUCKET, "large.bin", tmp_path / "large.back") == digest
+
+
+def test_a_checksum_mismatch_fails_and_leaves_no_file(store: S3Store, tmp_path: Path) -> None:
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"the real weights")
+    upload_file(store, source, BUCKET, "weights.bin")
+    # The object changes behind the recorded checksum (bit rot, a writer that skipped the metadata).
+    recorded = store.client.head_object(Bucket=BUCKET, Key="weights.bin")["Metadata"]
+    store.client.put_object(Bucket=BUCKET, Key="weights.bin", Body=b"other weights!!!", Metadata=recorded)
+    target = tmp_path / "out" / "weights.bin"
+    with pytest.raises(StorageError, match=r"s3://storage-tests/weights.bin at http://127.0.0.1:\d+: checksum mismatch"):
+        download_file(store, BUCKET, "weights.bin", target)
+    assert not target.exists() and list(target.parent.iterdir()) == []  # no partial file either
+
+
+def test_a_missing_bucket_is_named(store: S3Store, tmp_path: Path) -> None:
+    source = tmp_path / "a.txt"
+    source.write_text("a")
+    with pytest.raises(StorageError, match=r"bucket 'no-such-bucket' does not exist at http://127.0.0.1:\d+"):
+        check_bucket(store, "no-such-bucket")
+    with pytest.raises(StorageError, match=r"bucket 'no-such-bucket' does not exist"):
+        list_keys(store, "no-such-bucket")
+    with pytest.raises(StorageError, match=r"s3://storage-tests/missing.bin does not exist"):
+        download_file(store, BUCKET, "missing.bin", tmp_path / "missing.bin")
+    assert not (tmp_path / "missing.bin").exists()
+
+
+def test_bad_credentials_are_refused_without_showing_the_secret(seaweed: tuple[Service, S3Settings],
+                                                                tmp_path: Path) -> None:
+    settings = seaweed[1]
+    wrong = S3Settings(settings.endpoint, access_key=settings.access_key, secret_key="not-the-secret-1234")
+    bad = s3_store(wrong, QUICK)
+    source = tmp_path / "a.txt"
+    source.write_text("a")
+    with pytest.raises(StorageError) as refused:
+        upload_file(bad, source, BUCKET, "a.txt")
+    message = str(refused.value)
+    assert "the credentials were refused (SignatureDoesNotMatch)" in message and settings.access_key in message
+    assert "not-the-secret-1234" not in message and settings.secret_key not in message
+    assert "not-the-secret" not in repr(wrong)
+    with pytest.raises(StorageError, match="the credentials were refused"):
+        check_bucket(s3_store(S3Settings(settings.endpoint, access_key="nobody", secret_key="x" * 20), QUICK), BUCKET)
+
+
+def test_an_unreachable_endpoint_is_named(tmp_path: Path) -> None:
+    [closed] = free_ports(1)  # bound and released: nothing listens there
+    store = s3_store(S3Settings(f"http://127.0.0.1:{closed}", access_key="k", secret_key="s"),
+                     Transfer(max_attempts=1, connect_timeout=1))
+    with pytest.raises(StorageError, match=rf"bucket 'b': the S3 endpoint http://127.0.0.1:{closed} is unreachable"):
+        ensure_bucket(store, "b")
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id-1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-1")
+    monkeypatch.delenv("ART2MUS_S3_ENDPOINT", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    assert S3Settings.from_env() == S3Settings("http://127.0.0.1:9", os.environ.get("AWS_REGION") or
+                                               os.environ.get("AWS_DEFAULT_REGION") or "us-east-1", "id-1", "secret-1")
+    monkeypatch.setenv("ART2MUS_S3_ENDPOINT", "http://127.0.0.1:10")
+    assert S3Settings.from_env().endpoint == "http://127.0.0.1:10"
+    assert "secret-1" not in repr(S3Settings.from_env())
+
+
+def test_the_s3_remote_is_the_default_and_its_credentials_stay_local(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from art2mus.cli.remote import configure_s3_remote
+    from art2mus.errors import Art2MusError
+
+    dvc_dir = tmp_path / ".dvc"
+    dvc_dir.mkdir()
+    (dvc_dir / "config").write_text("[core]\n    remote = local\n['remote \"local\"']\n    url = ../.dvcstore\n")
+    (dvc_dir / "config.local").write_text("[core]\n    remote = local\n")  # a local default would win
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "team-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "team-secret-value")
+    url = configure_s3_remote(tmp_path, "art2mus", "/dvc/", "http://127.0.0.1:8333", credentials_from_env=True)
+    assert url == "s3://art2mus/dvc"
+    tracked, local = (dvc_dir / "config").read_text(), (dvc_dir / "config.local").read_text()
+    assert "remote = team" in tracked and "url = s3://art2mus/dvc" in tracked
+    assert "endpointurl = http://127.0.0.1:8333" in tracked and "team-secret-value" not in tracked
+    assert "remote = team" in local and "secret_access_key = team-secret-value" in local and "url" not in local
+    with pytest.raises(Art2MusError, match="is not a bucket name"):
+        configure_s3_remote(tmp_path, "art2mus/dvc")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(Art2MusError, match="AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not both set"):
+        configure_s3_remote(tmp_path, "art2mus", credentials_from_env=True)
