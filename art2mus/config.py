@@ -281,6 +281,9 @@ class PromotionParams(Section):
     """Champion/challenger promotion (art2mus/tracking/promotion.py explains the rule)."""
 
     require_approval: bool = False  # the challenger waits for `art2mus promote VERSION`
+    # What the model may be used for (art2mus/tracking/licences.py): research allows non-commercial
+    # licences; commercial blocks promoting a model whose data or parts are non-commercial or unknown.
+    intended_use: Literal["research", "commercial"] = "research"
     confidence: float = Field(0.95, gt=0.5, lt=1)  # one-sided level of the lower confidence bound
     resamples: int = Field(9999, ge=100)  # paired bootstrap resamples
     seed: int = 0
@@ -297,6 +300,20 @@ class PromotionParams(Section):
         if unknown:
             raise ValueError(f"floors on undeclared metrics: {', '.join(unknown)} (declare them under metrics)")
         return self
+
+
+class AlertsParams(Section):
+    """Failure alerts of the flows (art2mus/alerts.py): a Prefect notification block, or a webhook URL
+    from the environment; never a URL in a tracked file."""
+
+    block: str = "custom-webhook/art2mus-alerts"  # <block type slug>/<name>; "" = only the environment's webhook
+    webhook_env: str = "ART2MUS_ALERT_WEBHOOK"  # a webhook URL in this variable wins over the block
+
+
+class GcParams(Section):
+    """What `art2mus gc` keeps besides the champion, the challenger and the workspace's dvc.lock."""
+
+    keep_versions: int = Field(3, ge=0)  # previous champions a rollback can return to, newest first
 
 
 class Params(Section):
@@ -317,6 +334,8 @@ class Params(Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     promotion: PromotionParams = PromotionParams()
+    alerts: AlertsParams = AlertsParams()
+    gc: GcParams = GcParams()
 
 
 class ConfigError(Art2MusError):

@@ -17,6 +17,9 @@ second implementation of a stage.
   champion, the promotion rule, the evaluation params) is not decided again, and a version that was
   champion before is never re-promoted automatically (a rollback sticks).
 - Every stage's MLflow run nests under one `retrain` run (ART2MUS_PARENT_RUN_ID).
+- A registered version gets its model card and licence summary once (art2mus.tracking.modelcard);
+  the licence policy (`promotion.intended_use`) is checked before any scoring and again before
+  promoting; every run publishes a change report against the champion (art2mus.tracking.changes).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from art2mus.alerts import notify_failure
 from art2mus.config import Params, load_params
 from art2mus.data.schema import REPORTS_DIR
 from art2mus.errors import Art2MusError
@@ -460,6 +464,43 @@ def register(root: Path, experiment: str) -> RegisteredVersion:
     return registered
 
 
+@task(name="model card", retries=2, retry_delay_seconds=exponential_backoff(5), retry_jitter_factor=0.5,
+      retry_condition_fn=retry_if_transient, timeout_seconds=REGISTER_TIMEOUT, cache_policy=NO_CACHE)
+def document(root: Path, version: str, params: Params) -> bool:
+    """The version's model card and licence summary (once per version: a re-run writes nothing)."""
+    from art2mus.tracking.licences import summary_lines, version_licences
+    from art2mus.tracking.modelcard import CARD_FILE, document_version
+    from art2mus.tracking.registry import get_version, registry_client
+
+    logger = get_run_logger()
+    client = registry_client(root)
+    written = document_version(root, version, params, client)
+    if written:
+        logger.info("model card: wrote %s for version %s (MLflow run of the version)", CARD_FILE, version)
+    else:
+        logger.info("model card: version %s already has its %s; nothing written", version, CARD_FILE)
+    licences = version_licences(get_version(version, client).tags)
+    for line in summary_lines(licences) if licences else []:
+        logger.info("licences: %s", line)
+    return written
+
+
+def licence_blockers(model_version, params: Params) -> list[str]:
+    """What in the version's licences forbids `promotion.intended_use` (empty: nothing)."""
+    from art2mus.tracking.licences import (
+        LicenceBlocked,
+        check_licences,
+        version_licences,
+    )
+
+    try:
+        check_licences(version_licences(model_version.tags), params.promotion.intended_use,
+                       str(model_version.version))
+    except LicenceBlocked as blocked:
+        return [str(blocked)]
+    return []
+
+
 def challenger_scores(root: Path, params: Params, weights: str) -> pd.DataFrame:
     """The evaluate stage's per-item scores of the registered model (checked to be of its weights)."""
     from art2mus.evaluation.evaluate import PER_ITEM_FILE, read_metrics
@@ -545,6 +586,12 @@ def decide_candidate(root: Path, version: str, params: Params) -> Verdict:
     if verdict is not None:
         logger.info("decide: version %s: %s", version, "; ".join(verdict.reasons))
         return verdict
+    blocked = licence_blockers(model_version, params)
+    if blocked:  # the policy forbids it whatever it scores: nothing to compute
+        set_challenger(version, client)
+        record_validation(version, "failed", {}, blocked, client, champion=champion, key=decision_key(champion, params))
+        logger.warning("decide: %s", blocked[0])
+        return Verdict("failed", False, champion, blocked)
     metrics = list(params.promotion.metrics)
     weights = model_version.tags["weights_sha256"]
     ours = challenger_scores(root, params, weights)
@@ -575,10 +622,14 @@ def decide_candidate(root: Path, version: str, params: Params) -> Verdict:
 
 @task(name="promote", retries=1, retry_delay_seconds=exponential_backoff(10), retry_jitter_factor=0.5,
       retry_condition_fn=retry_if_transient, timeout_seconds=PROMOTE_TIMEOUT, cache_policy=NO_CACHE)
-def promote_candidate(root: Path, version: str, verdict: Verdict, by: str) -> str:
-    """Smoke-test the version's pyfunc (load, generate once), then move `champion` to it in one call."""
+def promote_candidate(root: Path, version: str, verdict: Verdict, by: str, params: Params | None = None) -> str:
+    """Smoke-test the version's pyfunc (load, generate once), then move `champion` to it in one call.
+
+    With `params`, the licence policy is checked first (a verdict may predate it)."""
+    from art2mus.tracking.licences import LicenceBlocked
     from art2mus.tracking.registry import (
         champion_version,
+        get_version,
         promote,
         record_validation,
         registry_client,
@@ -588,6 +639,10 @@ def promote_candidate(root: Path, version: str, verdict: Verdict, by: str) -> st
     client = registry_client(root)
     if champion_version(client) == version:  # a retried attempt whose first try got through
         return version
+    blocked = licence_blockers(get_version(version, client), params) if params is not None else []
+    if blocked:
+        record_validation(version, "failed", None, [*verdict.reasons, *blocked], client, champion=verdict.champion)
+        raise LicenceBlocked(blocked[0])
     try:
         event = promote(version, by, reason=f"retrain: beat {verdict.champion or 'no champion (first run)'}",
                         metrics=verdict.numbers, client=client)
@@ -690,6 +745,37 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@task(name="change report", retries=2, retry_delay_seconds=exponential_backoff(5), retry_jitter_factor=0.5,
+      retry_condition_fn=retry_if_transient, timeout_seconds=TRACKING_TIMEOUT, cache_policy=NO_CACHE)
+def report_changes(root: Path, version: str, champion: str | None, params: Params, run_id: str | None) -> str:
+    """What changed since the champion the candidate was judged against: a Prefect markdown artifact
+    and `change_report.md` / `.json` on the flow's MLflow run."""
+    from art2mus.tracking.changes import (
+        ARTIFACT_KEY,
+        REPORT_FILE,
+        REPORT_JSON,
+        build_change_report,
+        report_markdown,
+    )
+    from art2mus.tracking.registry import registry_client
+
+    client = registry_client(root)
+    try:
+        report = build_change_report(root, version, champion, list(params.promotion.metrics), client)
+    except Art2MusError as error:  # a report that cannot be made must not undo a retrain that is done
+        get_run_logger().warning("change report: not made: %s", error)
+        create_markdown_artifact(f"# Change report: version {version}\n\nNot made: {error}\n", key=ARTIFACT_KEY,
+                                 description="the change report could not be made")
+        return ""
+    markdown = report_markdown(report, params.promotion.confidence)
+    create_markdown_artifact(markdown, key=ARTIFACT_KEY, description=report.headline[:500])
+    if run_id is not None:
+        client.log_text(run_id, markdown, REPORT_FILE)
+        client.log_dict(run_id, report.to_dict(), REPORT_JSON)
+    get_run_logger().info("change report: %s", report.headline)
+    return markdown
+
+
 def summary_markdown(outcome: RetrainOutcome) -> str:
     lines = [f"# Retrain: {outcome.message}", "",
              f"- version: {outcome.version} ({'registered now' if outcome.registered else 'already registered'})",
@@ -710,17 +796,21 @@ def conclude(registered: RegisteredVersion, verdict: Verdict, promoted: bool, ch
     elif promoted:
         message = f"version {version} is the new champion (was {verdict.champion or 'none'})"
     elif verdict.status == "awaiting_approval" and require_approval:
-        message = f"version {version} beat the champion and awaits approval: art2mus promote {version}"
+        won = f"beat champion {verdict.champion}" if verdict.champion else "passed the floors (no champion yet)"
+        message = f"version {version} {won} and awaits approval: art2mus promote {version}"
     elif verdict.status == "failed":
         message = (f"version {version} is not promoted; champion stays {champion or 'none'}"
                    + ("" if registered.created else " (nothing new to register)"))
+        if any(reason.startswith("licences:") for reason in verdict.reasons):
+            message += "; its licences forbid promotion.intended_use (see the licences named above)"
     else:
         message = f"version {version}: {'; '.join(verdict.reasons)}; champion stays {champion or 'none'}"
     return RetrainOutcome(version, registered.created, verdict.status, promoted, champion, message, report.ran,
                           report.skipped, verdict.reasons, report.seconds)
 
 
-@flow(name="retrain", timeout_seconds=FLOW_TIMEOUT, log_prints=False, validate_parameters=True)
+@flow(name="retrain", timeout_seconds=FLOW_TIMEOUT, log_prints=False, validate_parameters=True,
+      on_failure=[notify_failure], on_crashed=[notify_failure])  # alerts: art2mus/alerts.py
 def retrain(project_dir: str = ".", wait_seconds: float = DEFAULT_WAIT_SECONDS) -> RetrainOutcome:
     """Sync data, reproduce the pipeline, enforce the gates, register, decide, promote."""
     from prefect.runtime import flow_run
@@ -760,11 +850,13 @@ def retrain_steps(root: Path, params: Params, by: str) -> RetrainOutcome:
         raise failure
     enforce_gates(root)
     registered = register(root, params.tracking.experiment)
+    document(root, registered.version, params)
     verdict = decide_candidate(root, registered.version, params)
     promoted = False
     if verdict.promote:
-        promote_candidate(root, registered.version, verdict, by)
+        promote_candidate(root, registered.version, verdict, by, params)
         promoted = True
+    report_changes(root, registered.version, verdict.champion, params, os.environ.get(PARENT_RUN_ENV))
     outcome = conclude(registered, verdict, promoted, champion_version(registry_client(root)), report,
                        params.promotion.require_approval)
     create_markdown_artifact(summary_markdown(outcome), key="retrain-summary", description=outcome.message[:500])

@@ -19,15 +19,18 @@ import pandas as pd
 import torch
 
 from art2mus.config import load_params
-from art2mus.data.latents import load_latents
+from art2mus.data.latents import LATENTS_FILE, load_latents
 from art2mus.data.schema import SPLITS_TABLE
+from art2mus.env import project_root
 from art2mus.errors import Art2MusError
 from art2mus.features import load_embeddings
+from art2mus.features.embeddings import EMBEDDING_FILES
 from art2mus.io import atomic_path, read_table, write_json_atomic, write_table_atomic
 from art2mus.models.backbone import load_backbone
 from art2mus.models.pipeline import save_model
 from art2mus.stage import run_stage
 from art2mus.tracking import stage_run
+from art2mus.tracking.lineage import record_training_lineage
 from art2mus.tracking.runs import process_rank
 from art2mus.training.aligner import AlignerData, train_aligner, weights_sha256
 
@@ -81,6 +84,9 @@ def main(resume: bool = True) -> None:
         data = gather_pairs(splits[splits["split"] == "train"], image_ids, image_matrix, track_ids, latents)
         prior_id = backbone.info.get("weights_sha256") or f"{backbone.info['source']}@{backbone.info['revision']}"
         fingerprint = data_fingerprint(config.model_dump(mode="json"), encoder_id, prior_id, data)
+        record_training_lineage(run, project_root(), [  # the data read above, as dvc.yaml's train deps name it
+            params.prior.out_dir, f"{params.features.out_dir}/{EMBEDDING_FILES['image']}",
+            f"{params.latents.out_dir}/{LATENTS_FILE}", SPLITS_TABLE])
         result = train_aligner(data, backbone, config, out, resume=resume, fingerprint=fingerprint,
                                log_loss=lambda step, loss: run.log_metrics({"train_loss": loss}, step=step))
         if not main_process:
@@ -102,7 +108,9 @@ def main(resume: bool = True) -> None:
         run.log_artifact(out / "aligner", artifact_path="aligner")
         run.log_artifact(RECORD)
         run.set_tags({"aligner.weights_sha256": digest, "prior.id": prior_id, "image_encoder": encoder_id,
-                      "train.world_size": result.world_size})
+                      "train.world_size": result.world_size,
+                      "image_encoder.spec": json.dumps(params.features.image_encoder.model_dump(mode="json")),
+                      "backbone": json.dumps(record["backbone"], sort_keys=True, default=str)})
         run.log_metrics({"final_loss": record["final_loss"], "seconds": result.seconds})
 
 

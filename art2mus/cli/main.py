@@ -9,8 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from art2mus.cli.alerts import app as alerts_app
 from art2mus.cli.fad import fad
+from art2mus.cli.gc import gc
+from art2mus.cli.lineage import lineage
 from art2mus.cli.registry import history, promote, rollback
+from art2mus.cli.remote import remote_app
 from art2mus.cli.retrain import retrain, schedule
 from art2mus.config import load_params
 from art2mus.env import configure_environment, project_root
@@ -213,6 +217,10 @@ app.command("rollback")(rollback)
 app.command("history")(history)
 app.command("retrain")(retrain)
 app.command("schedule")(schedule)
+app.command("lineage")(lineage)
+app.command("gc")(gc)
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(remote_app, name="remote")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,6 +19,8 @@ from art2mus.logs import setup_logging
 By = Annotated[str | None, typer.Option("--by", help="Who does it (default: the OS user).")]
 Reason = Annotated[str, typer.Option("--reason", help="Why, for the history.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
+
+logger = logging.getLogger(__name__)
 
 
 def current_user() -> str:
@@ -40,6 +44,18 @@ def registry_errors() -> tuple[type[Exception], ...]:
     return Art2MusError, MlflowException
 
 
+def intended_use(root: Path) -> str:
+    """The project's licence policy (params.yaml `promotion.intended_use`); the default outside a project."""
+    from art2mus.config import PARAMS_FILE, PromotionParams, load_params
+
+    path = root / PARAMS_FILE
+    if not path.is_file():
+        policy = PromotionParams().intended_use
+        logger.warning("no %s here: promoting under the default licence policy (intended_use: %s)", path, policy)
+        return policy
+    return load_params(path).promotion.intended_use
+
+
 def promote(
     version: Annotated[str, typer.Argument(help="The model version to make champion.")],
     by: By = None,
@@ -47,13 +63,17 @@ def promote(
     force: Annotated[bool, typer.Option(help="Promote even if its validation failed.")] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Make VERSION the champion (after loading it and generating once)."""
-    from art2mus.tracking.registry import MODEL_NAME
+    """Make VERSION the champion (after loading it and generating once); the licence policy
+    (params.yaml `promotion.intended_use`) is checked first and --force does not override it."""
+    from art2mus.tracking.licences import check_licences, version_licences
+    from art2mus.tracking.registry import MODEL_NAME, get_version, registry_client
     from art2mus.tracking.registry import promote as promote_version
 
     setup_logging(quiet)
-    configure_environment()
+    root = configure_environment()
     try:
+        policy = intended_use(root)
+        check_licences(version_licences(get_version(version, registry_client(root)).tags), policy, version)
         event = promote_version(version, by or current_user(), reason, force=force)
     except registry_errors() as error:
         fail("promote", error)

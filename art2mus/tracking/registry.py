@@ -69,6 +69,9 @@ class Lineage:
     data: dict[str, str] = field(default_factory=dict)  # dvc.lock path -> md5
     params: dict[str, Any] = field(default_factory=dict)
     training_data: dict[str, str] = field(default_factory=dict)  # the train stage's data deps -> md5
+    inputs: dict[str, str] = field(default_factory=dict)  # training_data and everything upstream of it -> md5
+    gates: dict[str, dict[str, Any]] = field(default_factory=dict)  # GX gate -> verdict, counts, report md5
+    libraries: dict[str, str] = field(default_factory=dict)  # package -> installed version
 
     @property
     def code_version(self) -> str:
@@ -142,6 +145,7 @@ def training_data_hashes(lock_file: Path, stage: str = "train") -> dict[str, str
 def collect_lineage(root: Path, params_file: str = "params.yaml") -> Lineage:
     """The project's lineage now: git state, dvc.lock data hashes, the validated params."""
     from art2mus.config import load_params
+    from art2mus.tracking.lineage import gate_results, library_versions, training_inputs
 
     state = git_state(root)
     dirty = state.get("git.dirty") == "true"
@@ -156,7 +160,8 @@ def collect_lineage(root: Path, params_file: str = "params.yaml") -> Lineage:
                        root / "dvc.lock")
     params = load_params(root / params_file).model_dump(mode="json")
     return Lineage(git_commit=state.get("git.commit", ""), git_dirty=dirty, code_diff_sha256=diff, data=data,
-                   params=params, training_data=training_data_hashes(root / "dvc.lock"))
+                   params=params, training_data=training_data_hashes(root / "dvc.lock"),
+                   inputs=training_inputs(root / "dvc.lock"), gates=gate_results(root), libraries=library_versions())
 
 
 def read_model_info(model_dir: Path) -> dict[str, Any]:
@@ -211,6 +216,8 @@ def runtime_requirements() -> list[str]:
 
 def version_tags(identity: str, record: Mapping[str, Any], info: Mapping[str, Any], lineage: Lineage) -> dict[str, str]:
     """Identity and lineage as the version's tags (validation starts `pending`)."""
+    from art2mus.tracking.lineage import lineage_tags
+
     return {
         IDENTITY_TAG: identity,
         VALIDATION_TAG: "pending",
@@ -226,6 +233,7 @@ def version_tags(identity: str, record: Mapping[str, Any], info: Mapping[str, An
         "data_hashes": json.dumps(lineage.data, sort_keys=True),
         "training_data_hashes": json.dumps(lineage.training_data, sort_keys=True),
         "params": json.dumps(lineage.params, sort_keys=True),
+        **lineage_tags(lineage),
     }
 
 
@@ -276,6 +284,7 @@ def register_model(model_dir: str | Path, record: Mapping[str, Any], lineage: Li
     existing = find_version(identity, client)
     if existing is not None:
         logger.info("registry: %s version %s already has identity %s", MODEL_NAME, existing.version, identity[:12])
+        complete_lineage(client, str(existing.version), record, info, lineage, identity, root)
         return RegisteredVersion(version=str(existing.version), created=False, identity=identity)
     ensure_registered_model(client)
     model_uri, model_id, run_id = log_pyfunc(model_dir, identity, record, lineage, client.tracking_uri,
@@ -283,7 +292,19 @@ def register_model(model_dir: str | Path, record: Mapping[str, Any], lineage: Li
     version = client.create_model_version(MODEL_NAME, source=model_uri, run_id=run_id, model_id=model_id,
                                           tags=version_tags(identity, record, info, lineage))
     logger.info("registry: registered %s version %s (identity %s)", MODEL_NAME, version.version, identity[:12])
+    complete_lineage(client, str(version.version), record, info, lineage, identity, root)
     return RegisteredVersion(version=str(version.version), created=True, identity=identity)
+
+
+def complete_lineage(client, version: str, record: Mapping[str, Any], info: Mapping[str, Any], lineage: Lineage,
+                     identity: str, root: Path) -> None:
+    """Finish the train run's lineage now that dvc.lock is final, and give an older version the lineage
+    tags it lacks (idempotent: a second call changes nothing)."""
+    from art2mus.tracking.lineage import add_missing_version_tags, complete_train_run
+
+    if (root / "params.yaml").is_file():
+        complete_train_run(client, str(record.get("mlflow_run_id", "")), root, lineage, record)
+    add_missing_version_tags(client, version, version_tags(identity, record, info, lineage))
 
 
 def aliases(client) -> dict[str, str]:
@@ -447,6 +468,9 @@ def promote(version: str, by: str, reason: str = "", metrics: Mapping[str, float
     if smoke:
         smoke_test(version, client)
     event = move_champion(version, "promote", by, reason, metrics, client)
+    if model_version.tags.get(VALIDATION_TAG) == "awaiting_approval":  # this promotion is the approval
+        for key, value in {VALIDATION_TAG: "passed", "approved_by": by, "approved_at": event.at}.items():
+            client.set_model_version_tag(MODEL_NAME, str(version), key, value)
     if current.get(CHALLENGER) == str(version):
         client.delete_registered_model_alias(MODEL_NAME, CHALLENGER)  # it no longer challenges: it won
     logger.info("registry: version %s is the champion (was %s)", version, event.previous or "none")

@@ -338,6 +338,69 @@ def test_a_worse_challenger_is_registered_but_not_promoted(first_runs: FirstRuns
     assert sorted(versions(client)) == ["1", "2"] and aliases(client) == {"champion": "1", "challenger": "2"}
 
 
+def artifact_text(client: MlflowClient, run_id: str, path: str, destination: Path) -> str:
+    return Path(client.download_artifacts(run_id, path, str(destination))).read_text(encoding="utf-8")
+
+
+@slow
+def test_a_registered_version_has_a_model_card_and_its_licences(first_runs: FirstRuns, tmp_path: Path) -> None:
+    client = store(first_runs.root)
+    version = client.get_model_version(MODEL_NAME, "1")
+    assert version.tags["model_card"] == "model_card.md"
+    card = artifact_text(client, version.run_id, "model_card.md", tmp_path / "card")
+    sections = ["## Model", "## Intended use", "## Training data", "### Track licences", "### Parts",
+                "## Training parameters", "## Evaluation", "## Limitations", "## Lineage"]
+    assert [section for section in sections if section not in card] == []
+    assert "Policy (params.yaml `promotion.intended_use`): **research**" in card
+    assert "Commercial use: **not allowed**" in card and "tracks (non-commercial)" in card  # the sample's FMA strings
+    assert "| this model (trained aligner) |" in card and "| oracle (the prior's own audio encoder" in card
+    assert "below text-conditioned systems" in card and "Griffin-Lim" in card
+    assert f"commit: `{version.tags['git.commit']}`" in card and "gate validate_raw: passed" in card
+    licences = json.loads(version.tags["licences"])
+    on_train_run = json.loads(artifact_text(client, version.tags["train_run_id"], "licences.json", tmp_path / "t"))
+    assert licences == on_train_run and licences["commercial_use"] is False
+    assert {row["licence"]["use"] for row in licences["tracks"]} == {"commercial", "noncommercial"}
+    # The rerun with nothing changed wrote no second card.
+    assert "model card: version 1 already has its model_card.md; nothing written" in first_runs.again.output
+
+
+@slow
+def test_the_change_report_says_what_changed_since_the_champion(first_runs: FirstRuns, prefect_api: str,
+                                                                tmp_path: Path) -> None:
+    client = store(first_runs.root)
+    first, _, weak = retrain_runs(client)[:3]
+    assert "no champion" in artifact_text(client, first.info.run_id, "change_report.md", tmp_path / "first")
+    report = artifact_text(client, weak.info.run_id, "change_report.md", tmp_path / "weak")
+    assert "version 2 against champion 1" in report and "- `train.steps`: `300` -> `10`" in report
+    assert "| retrieval_top1 |" in report and "lower bound" in report and "- status: failed" in report
+    published = prefect_post(prefect_api, "artifacts/filter", {"artifacts": {"key": {"any_": ["change-report"]}}})
+    assert any(artifact["type"] == "markdown" and "# Change report: version 2" in artifact["data"]
+               and "- `train.steps`: `300` -> `10`" in artifact["data"] for artifact in published)
+
+
+@slow
+def test_a_commercial_policy_blocks_promotion_naming_the_licences(first_runs: FirstRuns, prefect_api: str) -> None:
+    root = first_runs.root
+    set_params(root, {"promotion": {"intended_use": "commercial"}})
+    try:
+        promoted = subprocess.run([str(BIN / "art2mus"), "promote", "2", "--force"], cwd=root,
+                                  env=environment(root, prefect_api, None), capture_output=True, text=True,
+                                  timeout=300, check=False)
+        assert promoted.returncode == 1, promoted.stdout + promoted.stderr
+        assert "version 2 may not be promoted for commercial use" in promoted.stderr
+        assert "'Attribution-Noncommercial-Share Alike 3.0 United States': " in promoted.stderr
+        assert "tracks (non-commercial)" in promoted.stderr
+        # The flow re-decides (the policy is part of the decision) and blocks before scoring anything.
+        output = succeeded(retrain(root, prefect_api))
+        assert "decide: licences: version 2 may not be promoted for commercial use" in output
+        assert "its licences forbid promotion.intended_use" in output
+        tags = versions(store(root))["2"]
+        assert tags["validation_status"] == "failed" and "tracks (non-commercial)" in tags["decision.reasons"]
+        assert aliases(store(root)) == {"champion": "1", "challenger": "2"}
+    finally:
+        set_params(root, {"promotion": {"intended_use": "research"}})
+
+
 @dataclass
 class TeamRuns:
     registry: Path
