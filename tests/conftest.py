@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +23,7 @@ BIN = Path(sys.executable).parent
 # The end-to-end run is the embedded default itself (the learning run the model tests assert on);
 # overrides here would only shrink it.
 E2E_PARAMS: dict = {}
+SERVER_TIMEOUT = 180  # seconds a test server may take to answer
 
 
 def project_files() -> list[str]:
@@ -79,3 +86,51 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = copy_project(tmp_path_factory.mktemp("project"), E2E_PARAMS)
     run([str(BIN / "dvc"), "repro"], root)
     return root
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prefect server on 127.0.0.1 shared by every retrain of the session (its home in a temp dir)."""
+    home = tmp_path_factory.mktemp("prefect_home")
+    port = free_port()
+    env = {**project_env(home), "PREFECT_HOME": str(home)}
+    log = home / "server.log"
+    with open(log, "w") as output:
+        server = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services",
+             "--no-ui", "--analytics-off"],
+            cwd=home, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + SERVER_TIMEOUT
+    try:
+        while not answers(f"{api}/health"):
+            assert server.poll() is None, f"the Prefect server exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"the Prefect server did not answer:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield api
+    finally:
+        stop(server)

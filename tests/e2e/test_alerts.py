@@ -33,10 +33,8 @@ from art2mus.alerts import compose_alert, failing_step, send_alert
 from art2mus.config import AlertsParams
 from art2mus.errors import Art2MusError
 from tests.conftest import BIN, copy_project, project_env
-from tests.e2e import test_retrain_flow
 
 slow = pytest.mark.slow
-prefect_api = test_retrain_flow.prefect_api  # the Prefect server fixture (a second instance in this module)
 RUN_TIMEOUT = 600
 FLOW_RUN_NAME = re.compile(r"Beginning flow run '([^']+)'")
 

@@ -19,15 +19,12 @@ The first tests are fast: the flow's own logic on crafted inputs (DVC's output, 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,7 +48,7 @@ from flows.retrain import (
     previous_verdict,
     sync_data,
 )
-from tests.conftest import BIN, merge, project_env
+from tests.conftest import BIN, SERVER_TIMEOUT, free_port, merge, project_env, stop
 
 slow = pytest.mark.slow
 # An aligner that barely trained. Its evaluation keeps how the decision's per-item correspondence scores are
@@ -63,31 +60,6 @@ WEAK = {"train": {"steps": 10, "warmup_steps": 2, "checkpoint_every": 10},
                      "report_items": 2}}
 LOWERED_FLOORS = {"promotion": {"floors": {"retrieval_top1": 0.0}}}
 RETRAIN_TIMEOUT = 1200  # seconds: the weak variation re-runs train and evaluate
-SERVER_TIMEOUT = 180
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_dvc_output_tells_which_stages_ran_and_which_failed() -> None:
@@ -150,30 +122,6 @@ def test_a_verdict_holds_until_its_inputs_change_and_a_replaced_champion_is_neve
     assert not verdict.promote and "rolled back at t1" in verdict.reasons[0]
     unfinished = SimpleNamespace(version=2, tags={"validation_status": "passed", "decision.key": decision_key("1", params)})
     assert previous_verdict(unfinished, "1", params).promote  # passed but never promoted (the run died): promote now
-
-
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Prefect server on 127.0.0.1 shared by every retrain of the session (its home in a temp dir)."""
-    home = tmp_path_factory.mktemp("prefect_home")
-    port = free_port()
-    env = {**project_env(home), "PREFECT_HOME": str(home)}
-    log = home / "server.log"
-    with open(log, "w") as output:
-        server = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services",
-             "--no-ui", "--analytics-off"],
-            cwd=home, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    api = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + SERVER_TIMEOUT
-    try:
-        while not answers(f"{api}/health"):
-            assert server.poll() is None, f"the Prefect server exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"the Prefect server did not answer:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield api
-    finally:
-        stop(server)
 
 
 def prefect_post(api: str, path: str, body: dict) -> list | dict:
