@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from art2mus.errors import Art2MusError
+from art2mus.evaluation.captions import DEFAULT_TEMPLATE as DEFAULT_CAPTION_TEMPLATE, template_parts
 
 PARAMS_FILE = "params.yaml"
 
@@ -237,6 +238,7 @@ class FadEmbedderSpec(Section):
     name: Literal["spectral", "tiny", "clap", "imagebind", "vggish"] = "spectral"  # spectral: no weights
     source: str = ""
     revision: str = "main"
+    postprocess: bool = False  # vggish only: AudioSet PCA + 8-bit quantisation (vggish_pca_params beside the weights)
 
 
 class EvaluateParams(Section):
@@ -262,6 +264,15 @@ class EvaluateParams(Section):
     planted_tracks: int = Field(160, ge=8)  # train tracks the sample's planted-factor estimator learns from
     tagger: str = ""  # an ASTForAudioClassification (local path or hub id) for the KL; "" = KL absent
     threads: int = Field(2, ge=1)
+    # The text-conditioned AudioLDM2 on metadata captions (row `text_captions`): auto = when the backbone
+    # is the real AudioLDM2 (the tiny one has no language: reported absent with the reason), off = never.
+    caption_baseline: Literal["auto", "off"] = "auto"
+    caption_template: str = DEFAULT_CAPTION_TEMPLATE  # art2mus/evaluation/captions.py: {fields}, [optional parts]
+
+    @model_validator(mode="after")
+    def _caption_template_is_valid(self) -> "EvaluateParams":
+        template_parts(self.caption_template)
+        return self
 
 
 class ValidateSplitsParams(Section):

@@ -13,14 +13,22 @@ clip (frames or windows), not one vector. Kinds (`load_frame_embedder(name)`):
   feature extractor's window (10 s for laion/clap-htsat-unfused), ImageBind 2 s (its clip length).
   A tail of at least half a window becomes one more window aligned to the clip's end; a clip
   shorter than a window is one row.
-- `vggish`: not available, a clear error either way (see `vggish_unavailable`).
+- `vggish`: torchvggish's VGGish (the `art2mus[vggish]` extra) on its own front-end
+  (`waveform_to_examples` at 16 kHz: 25 ms windows, 10 ms hop, 64 mels 125-7500 Hz, log offset
+  0.01), one 128-d row per non-overlapping 0.96 s example. Weights: the official state dict
+  `vggish-10086976.pth` as a file, a folder holding it, an http(s) URL (only when reachable), or,
+  with no source, torch hub's checkpoint cache where torchvggish keeps it. Raw embeddings as
+  Google's FAD and fadtk use them; `postprocess=True` adds the AudioSet PCA-whitening and 8-bit
+  quantisation with `vggish_pca_params-970ea276.pth` found beside the weights.
 
 The metric name is always `fad_<kind>` (`metric_name`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -119,27 +127,122 @@ class WindowedEmbedder:
         return self.embedder.embed_audio(self.windows(wave), self.sample_rate).numpy().astype(np.float32)
 
 
-def vggish_unavailable(source: str) -> Art2MusError:
-    """Why `vggish` cannot run, with or without weights: art2mus ships no VGGish it could verify."""
-    where = f" at {source}" if source else ""
-    return Art2MusError(
-        f"fad embedder 'vggish' is not available: art2mus ships no VGGish implementation (it would need "
-        f"torchvggish-style weights{where} plus VGGish's own log-mel front-end checked against them, and the "
-        "weights cannot be fetched here to check one); use --embedder spectral (no weights), clap or imagebind"
-    )
+VGGISH_WEIGHTS = "vggish-10086976.pth"  # torchvggish's release names
+VGGISH_PCA = "vggish_pca_params-970ea276.pth"
+
+
+class VggishEmbedder:
+    """torchvggish's VGGish on its own log-mel examples: one 128-d row per 0.96 s."""
+
+    name = "vggish"
+    dim = 128
+    sample_rate = 16000
+
+    def __init__(self, model: torch.nn.Module, embedder_id: str) -> None:
+        from torchvggish import vggish_input
+
+        self.model = model.eval()
+        self.embedder_id = embedder_id
+        self.waveform_to_examples = vggish_input.waveform_to_examples
+
+    @torch.inference_mode()
+    def embed_frames(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        wave = resample(wave, sample_rate, self.sample_rate).astype(np.float64)
+        examples = self.waveform_to_examples(wave, self.sample_rate, return_tensor=False)
+        if len(examples) == 0:
+            raise AudioDecodeError(f"too short for one VGGish example (0.975 s at {self.sample_rate} Hz)")
+        embeddings = self.model(torch.from_numpy(examples).float()[:, None])
+        return embeddings.reshape(len(examples), self.dim).numpy().astype(np.float32)
+
+
+def vggish_weights_path(source: str) -> Path:
+    """The local VGGish state dict `source` names; a clear error naming where it looked."""
+    if source.startswith(("http://", "https://")):
+        try:
+            return vggish_download(source)
+        except OSError as error:
+            raise Art2MusError(f"fad embedder 'vggish': weights URL {source} is not reachable ({error})") from None
+    path = Path(source).expanduser() if source else Path(torch.hub.get_dir()) / "checkpoints" / VGGISH_WEIGHTS
+    if path.is_dir():
+        path = path / VGGISH_WEIGHTS
+    if not path.is_file():
+        raise Art2MusError(
+            f"fad embedder 'vggish': no weights at {path}; give the official state dict {VGGISH_WEIGHTS} "
+            "(a file or its folder) as the embedder's source, or use --embedder spectral (no weights)")
+    return path
+
+
+def vggish_download(url: str) -> Path:
+    """Fetch a VGGish file into torch hub's checkpoint cache (once) and return its path."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(target), progress=False)
+        except ValueError as error:  # a malformed URL; URLError, HTTPError and timeouts are OSErrors
+            raise OSError(f"{error.__class__.__name__}: {error}") from None
+    return target
+
+
+def load_vggish_file(path: Path, what: str) -> dict:
+    """torch.load a VGGish release file: tensors, or (the PCA file) numpy arrays, never other pickles."""
+    reconstruct = np._core.multiarray._reconstruct
+    # The release's PCA file was pickled by numpy 1.x, which named the module numpy.core.
+    numpy_globals = [reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+                     type(np.dtype(np.float64)), type(np.dtype(np.float32))]
+    try:
+        with torch.serialization.safe_globals(numpy_globals):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        raise Art2MusError(f"{path}: not a VGGish {what} file ({error.__class__.__name__}: "
+                           f"{str(error).splitlines()[0][:200]})") from None
+
+
+def load_vggish(source: str = "", postprocess: bool = False) -> VggishEmbedder:
+    """VGGish with weights from `source` (see the module docstring); PCA postprocessing when asked."""
+    try:
+        import torchvggish
+    except ImportError:
+        raise Art2MusError("fad embedder 'vggish' needs torchvggish: pip install -c constraints.txt "
+                           "'art2mus[vggish]'") from None
+    path = vggish_weights_path(source)
+    model = torchvggish.torchvggish._vgg(postprocess=False)  # _vgg builds the network without downloading
+    state = load_vggish_file(path, "weights")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise Art2MusError(f"{path}: not VGGish weights ({str(error).splitlines()[0][:200]})") from None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    embedder_id = f"vggish:{path.name}@{digest}"
+    if postprocess:
+        pca_path = path.parent / VGGISH_PCA
+        if not pca_path.is_file():
+            raise Art2MusError(f"fad embedder 'vggish' with postprocessing: no PCA params at {pca_path}")
+        pca = load_vggish_file(pca_path, "PCA params")
+        # torchvggish's Postprocessor fetches its file in __init__; build it from ours instead.
+        processor = torchvggish.torchvggish.Postprocessor.__new__(torchvggish.torchvggish.Postprocessor)
+        processor._pca_matrix = torch.as_tensor(pca["pca_eigen_vectors"]).float()
+        processor._pca_means = torch.as_tensor(pca["pca_means"]).reshape(-1, 1).float()
+        model.postprocess, model.pproc = True, processor
+        embedder_id += "+pca"
+    return VggishEmbedder(model, embedder_id)
 
 
 def load_frame_embedder(name: str = "spectral", source: str = "", revision: str = "main",
-                        device: str = "cpu") -> FrameEmbedder:
-    """The FAD embedder `name`, with weights from `source` (a local path or hub id) where it has any."""
+                        device: str = "cpu", postprocess: bool = False) -> FrameEmbedder:
+    """The FAD embedder `name`, with weights from `source` (a local path or hub id) where it has any.
+
+    `postprocess` is VGGish's PCA + quantisation (vggish only)."""
     if name not in FRAME_EMBEDDERS:
         raise Art2MusError(f"unknown fad embedder {name!r}; choose one of: {', '.join(FRAME_EMBEDDERS)}")
+    if postprocess and name != "vggish":
+        raise Art2MusError(f"postprocess is VGGish's PCA step; the {name} fad embedder has none")
     if name == "spectral":
         if source:
             raise Art2MusError(f"the spectral fad embedder has no weights; drop the source {source!r}")
         return SpectralEmbedder()
     if name == "vggish":
-        raise vggish_unavailable(source)
+        return load_vggish(source, postprocess)
     embedder = load_audio_embedder(EncoderSpec(name=name, source=source, revision=revision), device)
     if name == "clap":
         window = embedder.feature_extractor.nb_max_samples / embedder.sample_rate

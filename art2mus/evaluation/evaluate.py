@@ -6,9 +6,11 @@ different priors still compare on the same items, candidates, noise, timesteps a
 
 1. correspondence: retrieval among K and the matched-vs-mismatched gap for the model, the oracle
    (the prior's own audio encoder: the ceiling), mean conditioning and untrained aligners;
-2. generation for every artwork by the model and by the mean / untrained baselines, scored by FAD
-   against the paired reference tracks, ImageBindScore, the tagger KL and, on the embedded sample,
-   by an independent estimator of the planted factors;
+2. generation for every artwork by the model and by the mean / untrained baselines and, with the
+   real AudioLDM2, by the text-conditioned AudioLDM2 on metadata captions (`text_captions`, same
+   scheduler, steps, guidance, length and noise; reported absent with its reason otherwise), scored
+   by FAD against the paired reference tracks, ImageBindScore, the tagger KL and, on the embedded
+   sample, by an independent estimator of the planted factors;
 3. per-item scores (the promotion decision pairs them across models), metrics, plots, the report.
 """
 
@@ -27,6 +29,7 @@ import torch
 from art2mus.config import AudioParams, EvaluateParams, Params
 from art2mus.data.schema import ARTWORKS_MANIFEST, SPLITS_TABLE, TRACKS_MANIFEST
 from art2mus.errors import Art2MusError
+from art2mus.evaluation.captions import metadata_caption
 from art2mus.evaluation.correspondence import (CorrespondenceResult, candidate_sets, compare_conditioning, error_matrix,
                                                hit_rate, summarise)
 from art2mus.evaluation.embedders import embed_waveforms, load_frame_embedder, metric_name
@@ -38,6 +41,7 @@ from art2mus.generation import open_image, write_wav
 from art2mus.io import atomic_path, read_table, write_json_atomic
 from art2mus.models.aligner import ImageAligner
 from art2mus.models.audio import log_mel, mel_transform, model_crop, read_mono
+from art2mus.models.backbone import BackboneError
 from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig
 
 logger = logging.getLogger(__name__)
@@ -48,6 +52,7 @@ PLOTS_DIR = "plots"
 GENERATED_DIR = "generated"
 REPORT_DIR = "report"
 GENERATING = ("trained", "mean", "untrained")  # conditionings that generate (the oracle has no image)
+CAPTION_BASELINE = "text_captions"  # the text-conditioned AudioLDM2 on metadata captions
 
 
 @dataclass
@@ -78,6 +83,9 @@ def load_split(params: Params, split: str, root: Path = Path(".")) -> SplitData:
     artworks = read_table(manifests / ARTWORKS_MANIFEST).set_index("artwork_id")
     tracks = read_table(manifests / TRACKS_MANIFEST).set_index("track_id")
     pairs["title"] = artworks.loc[pairs["artwork_id"], "title"].to_numpy()
+    for column in ("style", "genre", "date"):  # the caption baseline's metadata
+        if column not in pairs and column in artworks:
+            pairs[column] = artworks.loc[pairs["artwork_id"], column].to_numpy()
     image_paths = [root / params.ingest.artgraph_dir / path for path in artworks.loc[pairs["artwork_id"], "path"]]
     track_paths = [root / params.ingest.fma_dir / path for path in tracks.loc[pairs["track_id"], "path"]]
     return SplitData(pairs, image_paths, track_paths)
@@ -182,10 +190,11 @@ def generation_metrics(
     """FAD, ImageBindScore (AM only in a shared space) and the tagger KL of one generated set."""
     from art2mus.models.encoders import load_audio_embedder
 
-    embedder = load_frame_embedder(config.fad_embedder.name, config.fad_embedder.source, config.fad_embedder.revision)
+    spec = config.fad_embedder
+    embedder = load_frame_embedder(spec.name, spec.source, spec.revision, postprocess=spec.postprocess)
     name = metric_name(config.fad_embedder.name)
     fad = fad_sets(embed_waveforms(references, sample_rate, embedder), embed_waveforms(generated, sample_rate, embedder),
-                   name=name, n_boot=config.fad_resamples, seed=config.seed)
+                   name=name, embedder_id=embedder.embedder_id, n_boot=config.fad_resamples, seed=config.seed)
     scorer = load_audio_embedder(config.score_embedder)
     shared = pipeline.encoder.shared_space is not None and pipeline.encoder.shared_space == scorer.shared_space
     score = image_bind_score_of(scorer, generated, sample_rate, references=references, seed=config.seed,
@@ -198,6 +207,28 @@ def generation_metrics(
     return {name: fad.as_dict(), "imagebind_score": scores, "kl": kl.as_dict(), **wave_statistics(generated)}
 
 
+def caption_baseline(pipeline: Art2MusPipeline, pairs: pd.DataFrame, config: EvaluateParams,
+                     generation: GenerationConfig) -> tuple[list[np.ndarray] | None, dict[str, Any]]:
+    """The text-conditioned AudioLDM2 on each artwork's metadata caption, or None and why it is absent."""
+    from art2mus.models.audioldm2 import PROFILE, load_text_pipeline, render_captions
+
+    profile = pipeline.backbone.info.get("profile")
+    if config.caption_baseline == "off":
+        return None, {"status": "absent", "reason": "evaluate.caption_baseline is off"}
+    if profile != PROFILE:
+        return None, {"status": "absent", "reason": f"the {profile} backbone has no language (no text encoders or "
+                      f"tokenizers); the caption baseline needs the real AudioLDM2 (backbone.profile: {PROFILE})"}
+    try:
+        text_pipeline = load_text_pipeline(pipeline.backbone)
+    except BackboneError as error:
+        logger.warning("evaluate: no caption baseline: %s", error)
+        return None, {"status": "absent", "reason": f"AudioLDM2's text encoders cannot be loaded: {error}"}
+    captions = [metadata_caption(row, config.caption_template) for row in pairs.to_dict("records")]
+    logger.info("evaluate: generating %d clips from metadata captions (%s)", len(captions), CAPTION_BASELINE)
+    waves = render_captions(pipeline, text_pipeline, captions, generation)
+    return waves, {"status": "present", "template": config.caption_template, "captions": captions}
+
+
 def metric_cell(interval: dict[str, float] | None, note: str = "", valid: bool = True) -> dict[str, Any]:
     if interval is None:
         return {"value": None, "valid": False, "note": note or "absent"}
@@ -205,19 +236,33 @@ def metric_cell(interval: dict[str, float] | None, note: str = "", valid: bool =
             "note": note}
 
 
+def generation_cells(generated: dict[str, Any], fad_name: str) -> dict[str, dict[str, Any]]:
+    """FAD, ImageBindScore MM and planted-factor accuracy of one generated set, as table cells."""
+    fad = generated[fad_name]
+    cells = {fad_name: metric_cell(fad, fad["reason"], fad["valid"]),
+             "mm": metric_cell(generated["imagebind_score"]["mm"])}
+    for factor, score in generated.get("planted", {}).items():
+        cells[f"planted_{factor}"] = metric_cell(score["accuracy"], f"chance {score['chance']:.2f}")
+    return cells
+
+
 def comparison_table(metrics: dict[str, Any], fad_name: str) -> list[MetricRow]:
-    """One row per conditioning: correspondence, FAD, ImageBindScore MM and planted-factor accuracy."""
+    """One row per conditioning: correspondence, FAD, ImageBindScore MM and planted-factor accuracy;
+    generation-only rows (the caption baseline) after them, an absent caption baseline with its reason."""
     rows = []
     for model, found in metrics["correspondence"].items():
         cells = {"retrieval_top1": metric_cell(found["retrieval_top1"]), "gap": metric_cell(found["gap"])}
         generated = metrics["generation"].get(model)
         if generated is not None:
-            fad = generated[fad_name]
-            cells[fad_name] = metric_cell(fad, fad["reason"], fad["valid"])
-            cells["mm"] = metric_cell(generated["imagebind_score"]["mm"])
-            for factor, score in generated.get("planted", {}).items():
-                cells[f"planted_{factor}"] = metric_cell(score["accuracy"], f"chance {score['chance']:.2f}")
+            cells.update(generation_cells(generated, fad_name))
         rows.append(MetricRow(model=model, metrics=cells))
+    for model, generated in metrics["generation"].items():
+        if model not in metrics["correspondence"]:
+            rows.append(MetricRow(model=model, metrics=generation_cells(generated, fad_name)))
+    captions = metrics.get("caption_baseline", {})
+    if captions.get("status") == "absent":
+        rows.append(MetricRow(model=CAPTION_BASELINE,
+                              metrics={fad_name: metric_cell(None, f"absent: {captions['reason']}")}))
     return rows
 
 
@@ -247,12 +292,16 @@ def evaluate_model(pipeline: Art2MusPipeline, data: SplitData, params: Params, o
     logger.info("evaluate: generating %d clips for each of %s", n, ", ".join(GENERATING))
     tokens = baseline_tokens(pipeline.aligner, embeds, config.untrained_seeds[0])
     generated = {name: pipeline.render(tokens[name], generation) for name in GENERATING}
+    caption_waves, captions = caption_baseline(pipeline, pairs, config, generation)
+    if caption_waves is not None:
+        generated[CAPTION_BASELINE] = caption_waves
     metrics: dict[str, Any] = {
         "split": config.split, "items": n, "k": config.k, "draws": config.draws, "seed": config.seed,
         "model": {key: pipeline.info.get(key) for key in ("weights_sha256", "prior", "image_encoder_id")},
         "correspondence": {name: correspondence_metrics(result) for name, result in results.items()},
         "generation": {name: generation_metrics(waves, references, images, pipeline, config, pipeline.sample_rate)
                        for name, waves in generated.items()},
+        "caption_baseline": captions,
     }
     if planted is not None:
         chosen = np.sort(np.random.default_rng(config.seed).permutation(len(planted.train.track_paths))

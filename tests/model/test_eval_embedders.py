@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from scipy.stats import entropy
 from art2mus.config import AudioParams, EncoderSpec
 from art2mus.errors import Art2MusError
 from art2mus.evaluation.embedders import (
+    VGGISH_PCA,
+    VGGISH_WEIGHTS,
     SpectralEmbedder,
     WindowedEmbedder,
     embed_file,
@@ -134,15 +137,92 @@ def test_imagebind_rows_use_its_two_second_clips(tiny_imagebind: EncoderSpec) ->
                                rtol=1e-5, atol=1e-6)
 
 
-def test_vggish_and_unknown_embedders_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(Art2MusError, match=r"'vggish' is not available: art2mus ships no VGGish"):
+def test_unknown_embedders_and_misplaced_options_are_clear_errors(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(Art2MusError, match=f"no weights at {tmp_path / 'hub' / 'checkpoints' / VGGISH_WEIGHTS}"):
         load_frame_embedder("vggish")
-    with pytest.raises(Art2MusError, match=f"weights at {tmp_path / 'vggish.pth'}"):
+    with pytest.raises(Art2MusError, match=f"no weights at {tmp_path / 'vggish.pth'}"):
         load_frame_embedder("vggish", str(tmp_path / "vggish.pth"))
+    with pytest.raises(Art2MusError, match=f"no weights at {tmp_path / VGGISH_WEIGHTS}"):
+        load_frame_embedder("vggish", str(tmp_path))  # a folder: the release's file name inside it
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(Art2MusError, match="junk.pth: not a VGGish weights file"):
+        load_frame_embedder("vggish", str(tmp_path / "junk.pth"))
     with pytest.raises(Art2MusError, match="unknown fad embedder 'inception'"):
         load_frame_embedder("inception")
     with pytest.raises(Art2MusError, match="has no weights"):
         load_frame_embedder("spectral", "some/model")
+    with pytest.raises(Art2MusError, match="postprocess is VGGish's PCA step"):
+        load_frame_embedder("spectral", postprocess=True)
+
+
+# ---- VGGish: torchvggish's network and front-end, weights from a local state dict ------------------
+@pytest.fixture(scope="module")
+def vggish_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded, randomly initialised VGGish saved as the release's state dict (and a PCA file beside it)."""
+    from torchvggish.torchvggish import _vgg
+
+    folder = tmp_path_factory.mktemp("vggish")
+    torch.manual_seed(0)
+    torch.save(_vgg(postprocess=False).state_dict(), folder / VGGISH_WEIGHTS)
+    rng = np.random.default_rng(0)
+    # The release pickles numpy arrays, not tensors: keep that format.
+    torch.save({"pca_eigen_vectors": np.linalg.qr(rng.normal(size=(128, 128)))[0], "pca_means": rng.normal(size=128)},
+               folder / VGGISH_PCA)
+    return folder
+
+
+def test_vggish_rows_are_deterministic_128d_per_096s_example(vggish_dir: Path) -> None:
+    from torchvggish.torchvggish import _vgg
+    from torchvggish.vggish_input import waveform_to_examples
+
+    embedder = load_frame_embedder("vggish", str(vggish_dir / VGGISH_WEIGHTS))
+    assert embedder.name == "vggish" and embedder.dim == 128 and embedder.sample_rate == 16000
+    assert embedder.embedder_id.startswith(f"vggish:{VGGISH_WEIGHTS}@")
+    wave = noise(3.0, seed=1)
+    rows = embedder.embed_frames(wave, RATE)
+    assert rows.shape == (3, 128) and rows.dtype == np.float32  # three non-overlapping 0.96 s examples
+    np.testing.assert_array_equal(rows, load_frame_embedder("vggish", str(vggish_dir)).embed_frames(wave, RATE))
+    # the same numbers as torchvggish's own network and front-end on the same state dict
+    model = _vgg(postprocess=False).eval()
+    model.load_state_dict(torch.load(vggish_dir / VGGISH_WEIGHTS, weights_only=True))
+    with torch.no_grad():
+        expected = model(waveform_to_examples(wave.astype(np.float64), RATE)).numpy()
+    np.testing.assert_allclose(rows, expected, rtol=1e-5, atol=1e-6)
+    # resampled to 16 kHz first: a 32 kHz copy gives (nearly) the same rows
+    doubled = np.interp(np.arange(len(wave) * 2) / 2, np.arange(len(wave)), wave).astype(np.float32)
+    assert embedder.embed_frames(doubled, 2 * RATE).shape == (3, 128)
+    with pytest.raises(AudioDecodeError, match="too short for one VGGish example"):
+        embedder.embed_frames(noise(0.9, seed=2), RATE)
+
+
+def test_vggish_postprocessing_applies_the_pca_file(vggish_dir: Path, tmp_path: Path) -> None:
+    raw = load_frame_embedder("vggish", str(vggish_dir)).embed_frames(noise(2.0, seed=3), RATE)
+    processed = load_frame_embedder("vggish", str(vggish_dir), postprocess=True)
+    assert processed.embedder_id.endswith("+pca")
+    rows = processed.embed_frames(noise(2.0, seed=3), RATE)
+    assert rows.shape == (2, 128) and np.all(rows == np.round(rows)) and 0 <= rows.min() and rows.max() <= 255
+    assert not np.allclose(rows, raw)
+    (tmp_path / VGGISH_WEIGHTS).write_bytes((vggish_dir / VGGISH_WEIGHTS).read_bytes())
+    with pytest.raises(Art2MusError, match=f"no PCA params at {tmp_path / VGGISH_PCA}"):
+        load_frame_embedder("vggish", str(tmp_path), postprocess=True)
+
+
+def test_vggish_fad_on_folders_names_the_metric(vggish_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from art2mus.cli.main import app
+
+    for name, seed in (("ref", 0), ("gen", 10)):
+        (tmp_path / name).mkdir()
+        for index in range(3):
+            sf.write(tmp_path / name / f"{index}.wav", noise(2.0, seed=seed + index), RATE)
+    result = CliRunner().invoke(app, ["fad", str(tmp_path / "ref"), str(tmp_path / "gen"), "--embedder", "vggish",
+                                      "--source", str(vggish_dir), "--n-boot", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["name"] == "fad_vggish" and report["dim"] == 128 and report["value"] >= 0
+    assert report["embedder_id"].startswith("vggish:") and report["valid"] is False  # 6 rows are too few
 
 
 def test_embed_folder_embeds_every_readable_file_and_lists_the_rest(tmp_path: Path) -> None:
