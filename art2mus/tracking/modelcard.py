@@ -310,6 +310,23 @@ def card_inputs(root: Path, params: Params, model_version) -> CardInputs:
                       sample=is_embedded_sample(params, root))
 
 
+def run_in_store(run_id: str, client) -> bool:
+    """Whether this tracking store has the run (a model trained elsewhere, e.g. before a team moved to a
+    shared server, is registered with a train run id the store has never seen)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        logger.warning("model card: the train run %s is not in this tracking store; its licences go on the "
+                       "version's run only", run_id)
+        return False
+    return True
+
+
 def document_version(root: Path, version: str, params: Params, client) -> bool:
     """Write the version's card, licences and evaluation unless it has them; True when written now."""
     from art2mus.tracking.registry import MODEL_NAME, get_version
@@ -321,8 +338,9 @@ def document_version(root: Path, version: str, params: Params, client) -> bool:
     inputs = card_inputs(root, params, model_version)
     licences = inputs.licences.to_dict()
     runs = [model_version.run_id]
-    if inputs.tags.get("train_run_id") and inputs.tags["train_run_id"] not in runs:
-        runs.append(inputs.tags["train_run_id"])
+    train_run = inputs.tags.get("train_run_id")
+    if train_run and train_run not in runs and run_in_store(train_run, client):
+        runs.append(train_run)
     for run_id in runs:  # the version's run, and the train run it came from
         client.log_dict(run_id, licences, LICENCES_FILE)
     if inputs.metrics is not None:
