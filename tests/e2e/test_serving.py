@@ -5,9 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -22,17 +19,11 @@ from mlflow import MlflowClient
 
 from art2mus.serving.pyfunc import example_image_base64
 from art2mus.tracking.registry import MODEL_NAME, Lineage, promote, register_model
-from tests.conftest import BIN, project_env
+from tests.conftest import BIN, free_port, project_env, stop
 from tests.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.slow
 STARTUP_TIMEOUT = 300  # seconds: the server imports torch and loads the model before /ping answers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until_up(url: str, server: subprocess.Popen, log: Path) -> None:
@@ -47,17 +38,6 @@ def wait_until_up(url: str, server: subprocess.Popen, log: Path) -> None:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(1)
     raise AssertionError(f"the server did not answer {url} within {STARTUP_TIMEOUT}s:\n{log.read_text()[-3000:]}")
-
-
-def stop(server: subprocess.Popen) -> None:
-    """End the server's process group (mlflow starts uvicorn as a child)."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 @pytest.fixture(scope="module")
