@@ -10,9 +10,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from art2mus.errors import Art2MusError
+
+if TYPE_CHECKING:  # pandas is imported where tables are read: JSON readers (the flow) need not pay for it
+    import pandas as pd
 
 HASH_CHUNK = 1 << 20
 
@@ -58,7 +61,11 @@ def write_json_atomic(obj: Any, path: str | Path) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file's content; invalid JSON is an Art2MusError naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise Art2MusError(f"{path}: not valid JSON: {error}") from None
 
 
 def write_table_atomic(table: pd.DataFrame, path: str | Path) -> None:
@@ -72,6 +79,8 @@ def write_table_atomic(table: pd.DataFrame, path: str | Path) -> None:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
+    import pandas as pd
+
     path = Path(path)
     if path.suffix == ".csv":
         return pd.read_csv(path)

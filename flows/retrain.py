@@ -49,8 +49,9 @@ from prefect.tasks import exponential_backoff
 
 from art2mus.alerts import notify_failure
 from art2mus.config import Params, load_params
-from art2mus.data.schema import REPORTS_DIR
+from art2mus.data.schema import GATES, REPORTS_DIR, RETRAIN_LOCK
 from art2mus.errors import Art2MusError
+from art2mus.io import read_json
 from art2mus.tracking.runs import PARENT_RUN_ENV, tracking_uri
 
 if TYPE_CHECKING:
@@ -59,10 +60,8 @@ if TYPE_CHECKING:
     from art2mus.tracking.registry import RegisteredVersion
 
 CONCURRENCY_LIMIT = "art2mus-retrain"
-LOCK_FILE = Path(".dvc/tmp/art2mus-retrain.lock")  # .dvc/tmp is DVC's git-ignored scratch folder
 MODEL_DIR = Path("models/art2mus")  # the train stage's packaged model
 TRAIN_RECORD = Path("models/train_record.json")  # the train stage's run id and weights hash
-GATES = ("validate_raw", "validate_splits")  # DVC stages whose failure is a data-quality verdict
 DECIDED = ("passed", "failed", "awaiting_approval")
 DEFAULT_WAIT_SECONDS = 3600.0  # how long a retrain waits for another one to finish
 REMOTE_PROBE_SECONDS = 5.0
@@ -141,7 +140,6 @@ class RetrainOutcome:
     repro_seconds: float = 0.0
 
 
-
 PERMANENT_MLFLOW_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_PARAMETER_VALUE",
                                     "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_STATE"})
 
@@ -164,8 +162,6 @@ def retry_if_transient(task_, task_run, state) -> bool:
     """Prefect's retry_condition_fn: retry only what `is_transient` calls transient."""
     error = state.result(raise_on_failure=False)
     return isinstance(error, BaseException) and is_transient(error)
-
-
 
 
 def stop_process_group(process: subprocess.Popen) -> None:
@@ -214,8 +210,6 @@ def run_logged(command: list[str], root: Path, logger: logging.Logger | logging.
 
 def dvc(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *arguments]
-
-
 
 
 def default_remote(root: Path) -> tuple[str, dict[str, Any]] | None:
@@ -300,8 +294,6 @@ def sync_data(root: Path) -> str:
     return message
 
 
-
-
 def parse_repro(lines: list[str]) -> tuple[list[str], list[str], str | None]:
     """(stages that ran, stages DVC skipped, the stage that failed) from `dvc repro`'s output."""
     ran, skipped, failed = [], [], None
@@ -348,10 +340,7 @@ def gate_report(root: Path, gate: str) -> dict[str, Any] | None:
     path = root / REPORTS_DIR / f"{gate}.json"
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise Art2MusError(f"{path}: not valid JSON: {error}") from None
+    return read_json(path)
 
 
 def gate_headline(gate: str, report: dict[str, Any] | None) -> str:
@@ -390,8 +379,6 @@ def enforce_gates(root: Path, failed_stage: str | None = None, output: list[str]
                      + "\n".join(gate_summary(gate, output or []) or gate_headline(gate, reports[gate]) for gate in failed))
 
 
-
-
 @task(name="open tracking run", retries=3, retry_delay_seconds=exponential_backoff(5), retry_jitter_factor=0.5,
       retry_condition_fn=retry_if_transient, timeout_seconds=TRACKING_TIMEOUT, cache_policy=NO_CACHE)
 def open_tracking_run(root: Path, experiment: str, flow_run: str) -> str:
@@ -428,16 +415,11 @@ def close_tracking_run(root: Path, run_id: str, outcome: RetrainOutcome | None, 
     client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
 
 
-
-
 def read_train_record(root: Path) -> dict[str, Any]:
     path = root / TRAIN_RECORD
     if not path.is_file():
         raise Art2MusError(f"{path}: missing; the train stage writes it (run dvc repro)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise Art2MusError(f"{path}: not valid JSON: {error}") from None
+    return read_json(path)
 
 
 @task(name="register", retries=2, retry_delay_seconds=exponential_backoff(5), retry_jitter_factor=0.5,
@@ -653,14 +635,12 @@ def promote_candidate(root: Path, version: str, verdict: Verdict, by: str, param
     return version
 
 
-
-
 @contextlib.contextmanager
 def project_lock(root: Path, wait_seconds: float, logger) -> Iterator[None]:
     """Hold the project's retrain lock (waiting up to `wait_seconds`), or refuse clearly."""
     from filelock import FileLock, Timeout
 
-    path = root / LOCK_FILE
+    path = root / RETRAIN_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path)
     busy = RetrainBusy(f"another retrain is running in {root} (it holds {path}); waited {wait_seconds:.0f} s; "

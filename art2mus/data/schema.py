@@ -69,4 +69,6 @@ TRACKS_MANIFEST = "tracks.parquet"
 QUARANTINE_MANIFEST = "quarantine.parquet"
 PAIRS_TABLE = "data/interim/pairs.parquet"
 SPLITS_TABLE = "data/processed/splits.parquet"
-REPORTS_DIR = "data/reports"
+REPORTS_DIR = "data/reports"  # one <gate>.json per quality gate
+GATES = ("validate_raw", "validate_splits")  # the DVC stages that are data-quality gates
+RETRAIN_LOCK = ".dvc/tmp/art2mus-retrain.lock"  # held by a retrain (and by gc); .dvc/tmp is DVC's ignored scratch

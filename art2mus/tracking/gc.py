@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from art2mus.config import GcParams
+from art2mus.data.schema import RETRAIN_LOCK
 from art2mus.errors import Art2MusError
+from art2mus.io import read_json
 from art2mus.tracking.registry import (
     CHALLENGER,
     CHAMPION,
@@ -46,7 +48,6 @@ from art2mus.tracking.registry import (
 
 logger = logging.getLogger(__name__)
 
-RETRAIN_LOCK = Path(".dvc/tmp/art2mus-retrain.lock")  # the retrain flow's project lock (flows/retrain.py)
 TRAIN_RECORD = Path("models/train_record.json")  # the workspace's train run (the train stage writes it)
 DELETED_TAG = "gc.artifacts_deleted_at"
 LINEAGE_TAGS = ("data_hashes", "training_data_hashes")
@@ -246,10 +247,7 @@ def workspace_run_ids(root: Path) -> set[str]:
     path = root / TRAIN_RECORD
     if not path.is_file():
         return set()
-    try:
-        run_id = json.loads(path.read_text(encoding="utf-8")).get("mlflow_run_id")
-    except json.JSONDecodeError as error:
-        raise Art2MusError(f"{path}: not valid JSON: {error}") from None
+    run_id = read_json(path).get("mlflow_run_id")
     return {run_id} if run_id else set()
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from art2mus.config import Params
-from art2mus.errors import Art2MusError
+from art2mus.data.schema import GATES
+from art2mus.io import read_json
 from art2mus.tracking.licences import (
     LICENCES_FILE,
     LICENCES_TAG,
@@ -34,7 +35,6 @@ CARD_TAG = "model_card"  # the version's tag: the card's artifact path on the ve
 EVALUATION_FILE = "evaluation/metrics.json"  # the evaluate stage's metrics, kept with the version
 # art2mus.evaluation.evaluate.METRICS_FILE, not imported from there: that pulls in torch and diffusers.
 METRICS_FILE = "metrics.json"
-GATES = ("validate_raw", "validate_splits")
 CONDITIONINGS = {  # evaluate's conditioning sources, as the card names them
     "trained": "this model (trained aligner)",
     "untrained": "untrained aligners (same architecture, random weights)",
@@ -277,10 +277,7 @@ def evaluation_for(root: Path, params: Params, weights: str) -> tuple[dict[str, 
     path = root / params.evaluate.out_dir / METRICS_FILE
     if not path.is_file():
         return None, f"{path} is missing (the evaluate stage writes it)"
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise Art2MusError(f"{path}: not valid JSON: {error}") from None
+    metrics = read_json(path)
     evaluated = metrics.get("model", {}).get("weights_sha256")
     if evaluated != weights:
         return None, f"{path} evaluates weights {str(evaluated)[:12]}, not {weights[:12]}"
@@ -293,10 +290,7 @@ def gate_reports(root: Path) -> dict[str, dict[str, Any] | None]:
     reports = {}
     for gate in GATES:
         path = root / REPORTS_DIR / f"{gate}.json"
-        try:
-            reports[gate] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        except json.JSONDecodeError as error:
-            raise Art2MusError(f"{path}: not valid JSON: {error}") from None
+        reports[gate] = read_json(path) if path.is_file() else None
     return reports
 
 

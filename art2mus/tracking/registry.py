@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from art2mus.errors import Art2MusError
+from art2mus.io import read_json
 from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment, git_state, tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -169,10 +170,7 @@ def read_model_info(model_dir: Path) -> dict[str, Any]:
     path = model_dir / MODEL_FILE
     if not path.is_file():
         raise Art2MusError(f"{model_dir}: not an art2mus model (no {MODEL_FILE}); run the train stage")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise Art2MusError(f"{path}: not valid JSON: {error}") from None
+    return read_json(path)
 
 
 def model_identity(weights_sha256: str, prior: str, image_encoder: Mapping[str, Any], lineage: Lineage) -> str:
