@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from art2mus.config import SplitParams
-from art2mus.io import atomic_path, write_text_atomic
+from art2mus.errors import Art2MusError
+from art2mus.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from art2mus.tracking.runs import flatten, stage_run, tracking_uri
 
 
@@ -60,3 +61,13 @@ def test_stage_run_logs_params_metrics_artifacts_and_fails_cleanly(tmp_path: Pat
     assert (tmp_path / "mlartifacts").is_dir()
     runs = client.search_runs([ok.info.experiment_id], order_by=["attributes.start_time DESC"])
     assert runs[0].info.status == "FAILED"
+
+
+def test_read_json_names_a_broken_file_and_reads_a_good_one(tmp_path: Path) -> None:
+    good, broken = tmp_path / "good.json", tmp_path / "models" / "model.json"
+    write_json_atomic({"weights_sha256": "ab"}, good)
+    assert read_json(good) == {"weights_sha256": "ab"}
+    broken.parent.mkdir()
+    broken.write_text('{"weights_sha256": ', encoding="utf-8")  # truncated by a crash elsewhere
+    with pytest.raises(Art2MusError, match=r"models/model\.json: not valid JSON"):
+        read_json(broken)
