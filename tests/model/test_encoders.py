@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import urllib.error
 from pathlib import Path
@@ -29,6 +30,7 @@ from art2mus.models.encoders import (
     encoder_id_for,
     load_audio_embedder,
     load_image_encoder,
+    resolve_device,
     save_imagebind,
     seeded_build,
 )
@@ -134,6 +136,45 @@ def test_tiny_audio_loads_back_from_save_pretrained(tmp_path: Path) -> None:
     assert torch.equal(loaded.embed_audio(waves, 16000), built.embed_audio(waves, 16000))
 
 
+def claim_float64(directory: Path) -> None:
+    """Make a saved model's config.json name float64, as some hub configs do."""
+    config_file = directory / "config.json"
+    config = json.loads(config_file.read_text())
+    config.pop("dtype", None)
+    config["torch_dtype"] = "float64"
+    config_file.write_text(json.dumps(config))
+
+
+def test_saved_models_load_as_float32_whatever_their_config_says(tmp_path: Path) -> None:
+    # transformers 5 loads a config's dtype unless told otherwise; the loaders always ask for float32.
+    image, audio = build_tiny_image_encoder(), build_tiny_audio_embedder()
+    image.save_pretrained(tmp_path / "clip")
+    audio.save_pretrained(tmp_path / "audio")
+    claim_float64(tmp_path / "clip")
+    claim_float64(tmp_path / "audio")
+    images, waves = noise_images(2), tones(2)
+    for kind in ("clip", "tiny"):
+        loaded = load_image_encoder(EncoderSpec(name=kind, source=str(tmp_path / "clip")))
+        assert loaded.model.dtype == torch.float32
+        embeddings = loaded.embed_images(images)
+        assert embeddings.dtype == torch.float32 and torch.equal(embeddings, image.embed_images(images))
+    loaded_audio = load_audio_embedder(EncoderSpec(name="tiny", source=str(tmp_path / "audio")))
+    assert loaded_audio.model.dtype == torch.float32
+    assert torch.equal(loaded_audio.embed_audio(waves, 16000), audio.embed_audio(waves, 16000))
+
+
+def test_auto_device_is_cuda_when_visible_unless_art2mus_device_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ART2MUS_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    monkeypatch.setenv("ART2MUS_DEVICE", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    encoder = load_image_encoder(EncoderSpec(), device="auto")
+    assert encoder.device == "cpu" and EncoderRef(EncoderSpec(), "audio", "auto").load().device == "cpu"
+
+
 def test_clap_loads_back_from_save_pretrained(tmp_path: Path) -> None:
     from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
 
@@ -150,7 +191,9 @@ def test_clap_loads_back_from_save_pretrained(tmp_path: Path) -> None:
                                      fft_window_size=512, frequency_max=8000)
     built = ClapAudioEmbedder(model, extractor, "in-memory")
     built.save_pretrained(tmp_path / "clap")
+    claim_float64(tmp_path / "clap")
     loaded = load_audio_embedder(EncoderSpec(name="clap", source=str(tmp_path / "clap")))
+    assert loaded.model.dtype == torch.float32
     waves = tones(3, seconds=2.56)  # longer than the extractor's 2 s window: cut, never randomly
     expected = built.embed_audio(waves, 16000)
     assert expected.shape == (3, 32) and loaded.dim == 32 and loaded.encoder_id.startswith("clap:local@")
