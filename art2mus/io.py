@@ -94,3 +94,12 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_tree(path: str | Path) -> str:
+    """Content hash of a folder: every file's relative path and streamed content hash, in sorted order."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(item for item in root.rglob("*") if item.is_file()):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0" + sha256_file(file).encode() + b"\n")
+    return digest.hexdigest()

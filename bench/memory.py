@@ -27,7 +27,7 @@ from art2mus.data.ingest import ingest
 from art2mus.data.sample import make_sample
 from art2mus.data.schema import ARTWORKS_MANIFEST, TRACKS_MANIFEST
 from art2mus.io import read_table, write_table_atomic
-from art2mus.models.backbone import build_tiny_backbone
+from art2mus.models.tiny import build_tiny_backbone, save_tiny_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def measure_stage(stage: str, work: Path, manifests: Path, out_dir: Path) -> dic
     """Run one stage's computation in this (fresh) process; its seconds, items and peak RSS."""
     from art2mus.data.latents import compute_latents
     from art2mus.features.embeddings import compute_features
-    from art2mus.models.backbone import load_backbone
+    from art2mus.models.loader import load_backbone
 
     audio = AudioParams()
     artworks, tracks = read_table(manifests / ARTWORKS_MANIFEST), read_table(manifests / TRACKS_MANIFEST)
@@ -90,7 +90,7 @@ def prepare(work: Path, sizes: list[int]) -> None:
     for n in sizes:
         write_table_atomic(artworks.head(n), work / f"manifests-{n}" / ARTWORKS_MANIFEST)
         write_table_atomic(tracks.head(n), work / f"manifests-{n}" / TRACKS_MANIFEST)
-    build_tiny_backbone(BackboneParams(), AudioParams()).save_pretrained(work / "prior")
+    save_tiny_backbone(build_tiny_backbone(BackboneParams(), AudioParams()), work / "prior")
 
 
 def stage_in_fresh_process(stage: str, work: Path, n: int) -> dict:

@@ -6,7 +6,7 @@ from art2mus.config import load_params
 from art2mus.data.latents import compute_latents
 from art2mus.data.schema import SPLITS_TABLE, TRACKS_MANIFEST
 from art2mus.io import read_table, write_json_atomic
-from art2mus.models.backbone import load_backbone
+from art2mus.models.loader import load_backbone
 from art2mus.stage import run_stage
 from art2mus.tracking import stage_run
 

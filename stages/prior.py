@@ -11,7 +11,8 @@ import pandas as pd
 from art2mus.config import load_params
 from art2mus.data.schema import SPLITS_TABLE, TRACKS_MANIFEST
 from art2mus.io import atomic_path, read_table, write_json_atomic, write_table_atomic
-from art2mus.models.backbone import weights_sha256, write_backbone_reference
+from art2mus.models.loader import write_backbone_reference
+from art2mus.models.tiny import save_tiny_backbone, weights_sha256
 from art2mus.stage import run_stage
 from art2mus.tracking import stage_run
 from art2mus.training.prior import train_prior
@@ -43,7 +44,7 @@ def main() -> None:
         result = train_prior(paths, params.audio, params.backbone, params.prior,
                              log_loss=lambda step, loss: run.log_metrics({"prior_loss": loss}, step=step))
         with atomic_path(out) as tmp:
-            result.backbone.save_pretrained(tmp)
+            save_tiny_backbone(result.backbone, tmp)
         digest = weights_sha256(out)
         first, last = result.losses[:10], result.losses[-10:]
         metrics = {"trained": 1, "tracks": len(paths), "steps": len(result.losses), "seconds": result.seconds,

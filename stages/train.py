@@ -26,7 +26,7 @@ from art2mus.errors import Art2MusError
 from art2mus.features import load_embeddings
 from art2mus.features.embeddings import EMBEDDING_FILES
 from art2mus.io import atomic_path, read_table, write_json_atomic, write_table_atomic
-from art2mus.models.backbone import load_backbone
+from art2mus.models.loader import load_backbone
 from art2mus.models.pipeline import save_model
 from art2mus.stage import run_stage
 from art2mus.tracking import stage_run
@@ -82,7 +82,7 @@ def main(resume: bool = True) -> None:
         image_ids, image_matrix, encoder_id, _ = load_embeddings(Path(params.features.out_dir), "image")
         track_ids, latents = load_latents(Path(params.latents.out_dir))
         data = gather_pairs(splits[splits["split"] == "train"], image_ids, image_matrix, track_ids, latents)
-        prior_id = backbone.info.get("weights_sha256") or f"{backbone.info['source']}@{backbone.info['revision']}"
+        prior_id = backbone.info["identity"]
         fingerprint = data_fingerprint(config.model_dump(mode="json"), encoder_id, prior_id, data)
         record_training_lineage(run, project_root(), [  # the data read above, as dvc.yaml's train deps name it
             params.prior.out_dir, f"{params.features.out_dir}/{EMBEDDING_FILES['image']}",

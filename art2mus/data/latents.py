@@ -49,7 +49,7 @@ def compute_latents(
     from safetensors.torch import load_file, save_file
 
     info = backbone.info
-    codec_id = info.get("weights_sha256") or f"{info.get('source', '')}@{info.get('revision', '')}"
+    codec_id = info["identity"]
     cache = out_dir / CACHE_DIR
     cache.mkdir(parents=True, exist_ok=True)
     keys = [cache_key(sha, codec_id, audio) for sha in tracks["sha256"]]

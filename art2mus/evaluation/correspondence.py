@@ -75,28 +75,45 @@ def fixed_draws(latents: torch.Tensor, draws: int, t_range: tuple[int, int], see
     return noise, timesteps
 
 
+# Latent elements per UNet batch: 128 tiny latents (32x32x16), 64 of AudioLDM2's 10.24 s ones (8x256x16,
+# about 5.5 GiB of activations without gradients); the batch does not change the errors.
+BATCH_ELEMENTS = 64 * 8 * 256 * 16
+
+
+def error_batch(latents: torch.Tensor) -> int:
+    """Jobs per UNet call, by memory: a fixed budget of latent elements."""
+    return max(1, BATCH_ELEMENTS // max(1, latents[0].numel()))
+
+
 @torch.no_grad()
 def error_matrix(
     backbone: Backbone, latents: torch.Tensor, loa: torch.Tensor, candidates: np.ndarray,
-    draws: int = 16, t_range: tuple[int, int] = (300, 900), seed: int = 0, batch: int = 256,
+    draws: int = 16, t_range: tuple[int, int] = (300, 900), seed: int = 0, batch: int | None = None,
 ) -> np.ndarray:
-    """[N, K]: track i's mean error (over fixed draws) under candidate artwork candidates[i, k]'s LOA."""
-    noise, timesteps = fixed_draws(latents, draws, t_range, seed)
+    """[N, K]: track i's mean error (over fixed draws) under candidate artwork candidates[i, k]'s LOA.
+
+    Draws come from a seeded CPU generator and move to the backbone's device batch by batch, so a seed
+    gives the same errors on CPU and GPU.
+    """
+    noise, timesteps = fixed_draws(latents.cpu(), draws, t_range, seed)
+    device = backbone.device
+    latents, loa = latents.to(device), loa.to(device)
     n, k = candidates.shape
     jobs = [(i, j, d) for i in range(n) for j in range(k) for d in range(draws)]
     errors = torch.zeros(n, k, draws)
+    batch = batch or error_batch(latents)
     for start in range(0, len(jobs), batch):
         chunk = jobs[start: start + batch]
         i = torch.tensor([job[0] for job in chunk])
         j = torch.tensor([job[1] for job in chunk])
         d = torch.tensor([job[2] for job in chunk])
-        clean = latents[i]
-        eps = noise[i, d]
-        t = timesteps[i, d]
+        clean = latents[i.to(device)]
+        eps = noise[i, d].to(device, clean.dtype)
+        t = timesteps[i, d].to(device)
         noisy = backbone.scheduler.add_noise(clean, eps, t)
-        conditioning = loa[torch.as_tensor(candidates)[i, j]]
+        conditioning = loa[torch.as_tensor(candidates)[i, j].to(device)]
         prediction = backbone.predict(noisy, t, conditioning)
-        errors[i, j, d] = per_sample_mse(prediction, diffusion_target(backbone.scheduler, clean, eps, t))
+        errors[i, j, d] = per_sample_mse(prediction, diffusion_target(backbone.scheduler, clean, eps, t)).cpu()
     return errors.mean(dim=2).numpy()
 
 
@@ -158,12 +175,13 @@ def compare_conditioning(
         loa = backbone.language_of_audio(tokens)
         return error_matrix(backbone, latents, loa, candidates, draws, t_range, seed)
 
-    tokens = aligner(image_embeds)
+    tokens = aligner(image_embeds.to(backbone.device))
     results = {
         "trained": summarise(errors_for(tokens), seed),
         "mean": summarise(errors_for(tokens.mean(0, keepdim=True).expand_as(tokens).contiguous()), seed),
-        "untrained": summarise_pooled([errors_for(make_untrained(s)(image_embeds)) for s in untrained_seeds], seed),
+        "untrained": summarise_pooled([errors_for(make_untrained(s).to(backbone.device)(image_embeds.to(backbone.device)))
+                                       for s in untrained_seeds], seed),
     }
     if backbone.audio_encoder is not None:
-        results["oracle"] = summarise(errors_for(backbone.audio_encoder(latents)), seed)
+        results["oracle"] = summarise(errors_for(backbone.audio_encoder(latents.to(backbone.device))), seed)
     return results

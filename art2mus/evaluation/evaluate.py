@@ -29,19 +29,18 @@ import torch
 from art2mus.config import AudioParams, EvaluateParams, Params
 from art2mus.data.schema import ARTWORKS_MANIFEST, SPLITS_TABLE, TRACKS_MANIFEST
 from art2mus.errors import Art2MusError
-from art2mus.evaluation.captions import metadata_caption
+from art2mus.evaluation.caption_baseline import CAPTION_BASELINE, caption_baseline
 from art2mus.evaluation.correspondence import (CorrespondenceResult, candidate_sets, compare_conditioning, error_matrix,
                                                hit_rate, summarise)
 from art2mus.evaluation.embedders import embed_waveforms, load_frame_embedder, metric_name
 from art2mus.evaluation.fad import fad_sets
-from art2mus.evaluation.planted import MUSIC_FACTORS, fit_factor_estimator
+from art2mus.evaluation.planted import MUSIC_FACTORS, VOCODE_BATCH, fit_factor_estimator
 from art2mus.evaluation.report import MetricRow, ReportItem, write_report
 from art2mus.evaluation.scores import image_bind_score_of, kl_score
 from art2mus.generation import open_image, write_wav
 from art2mus.io import atomic_path, read_table, write_json_atomic
 from art2mus.models.aligner import ImageAligner
 from art2mus.models.audio import log_mel, mel_transform, model_crop, read_mono
-from art2mus.models.backbone import BackboneError
 from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig
 
 logger = logging.getLogger(__name__)
@@ -52,7 +51,6 @@ PLOTS_DIR = "plots"
 GENERATED_DIR = "generated"
 REPORT_DIR = "report"
 GENERATING = ("trained", "mean", "untrained")  # conditionings that generate (the oracle has no image)
-CAPTION_BASELINE = "text_captions"  # the text-conditioned AudioLDM2 on metadata captions
 
 
 @dataclass
@@ -99,20 +97,22 @@ def reference_crops(paths: list[Path], audio: AudioParams) -> list[np.ndarray]:
 @torch.no_grad()
 def embed_images(pipeline: Art2MusPipeline, images: list, batch_size: int) -> torch.Tensor:
     return torch.cat([pipeline.encoder.embed_images(images[start: start + batch_size]).float()
-                      for start in range(0, len(images), batch_size)])
+                      for start in range(0, len(images), batch_size)]).to(pipeline.device)
 
 
 @torch.no_grad()
 def encode_latents(pipeline: Art2MusPipeline, waves: list[np.ndarray], audio: AudioParams) -> torch.Tensor:
     """Latents of the reference crops with the model's own codec."""
-    mels = log_mel(torch.from_numpy(np.stack(waves)), audio, mel_transform(audio))
-    return pipeline.backbone.codec.encode(mels).float()
+    transform = mel_transform(audio)
+    return torch.cat([pipeline.backbone.codec.encode(log_mel(torch.from_numpy(np.stack(waves[start: start + VOCODE_BATCH])),
+                                                             audio, transform)).float()
+                      for start in range(0, len(waves), VOCODE_BATCH)])
 
 
 def untrained_aligner(aligner: ImageAligner, seed: int) -> ImageAligner:
     """A freshly initialised aligner of the same architecture (a baseline)."""
     torch.manual_seed(seed)
-    return ImageAligner.from_config(aligner.config).eval()
+    return ImageAligner.from_config(aligner.config).eval().to(aligner.device)
 
 
 @torch.no_grad()
@@ -205,28 +205,6 @@ def generation_metrics(
                                f"audio embedder {scorer.encoder_id} declare none in common")
     kl = kl_score(references, generated, sample_rate, config.tagger, seed=config.seed)
     return {name: fad.as_dict(), "imagebind_score": scores, "kl": kl.as_dict(), **wave_statistics(generated)}
-
-
-def caption_baseline(pipeline: Art2MusPipeline, pairs: pd.DataFrame, config: EvaluateParams,
-                     generation: GenerationConfig) -> tuple[list[np.ndarray] | None, dict[str, Any]]:
-    """The text-conditioned AudioLDM2 on each artwork's metadata caption, or None and why it is absent."""
-    from art2mus.models.audioldm2 import PROFILE, load_text_pipeline, render_captions
-
-    profile = pipeline.backbone.info.get("profile")
-    if config.caption_baseline == "off":
-        return None, {"status": "absent", "reason": "evaluate.caption_baseline is off"}
-    if profile != PROFILE:
-        return None, {"status": "absent", "reason": f"the {profile} backbone has no language (no text encoders or "
-                      f"tokenizers); the caption baseline needs the real AudioLDM2 (backbone.profile: {PROFILE})"}
-    try:
-        text_pipeline = load_text_pipeline(pipeline.backbone)
-    except BackboneError as error:
-        logger.warning("evaluate: no caption baseline: %s", error)
-        return None, {"status": "absent", "reason": f"AudioLDM2's text encoders cannot be loaded: {error}"}
-    captions = [metadata_caption(row, config.caption_template) for row in pairs.to_dict("records")]
-    logger.info("evaluate: generating %d clips from metadata captions (%s)", len(captions), CAPTION_BASELINE)
-    waves = render_captions(pipeline, text_pipeline, captions, generation)
-    return waves, {"status": "present", "template": config.caption_template, "captions": captions}
 
 
 def metric_cell(interval: dict[str, float] | None, note: str = "", valid: bool = True) -> dict[str, Any]:

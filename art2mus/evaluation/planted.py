@@ -55,13 +55,19 @@ def clip_features(log_mels: torch.Tensor) -> np.ndarray:
     return torch.cat([means, spreads, autocorrelation], dim=1).numpy()
 
 
+VOCODE_BATCH = 16  # clips per codec round trip and vocoder call (160 at once at 10.24 s would not fit)
+
+
 def vocoded_log_mels(waves: list[np.ndarray], backbone: Backbone, audio: AudioParams) -> torch.Tensor:
     """Real clips rendered the way generated ones are (codec round trip, vocoder), then analysed again."""
     transform = mel_transform(audio)
+    rendered: list[np.ndarray] = []
     with torch.no_grad():
-        mels = log_mel(torch.from_numpy(np.stack(waves)), audio, transform)
-        rendered = backbone.vocoder(backbone.codec.decode_in_range(backbone.codec.encode(mels)))
-    return analysed_log_mels(list(rendered.numpy()), audio)
+        for start in range(0, len(waves), VOCODE_BATCH):
+            mels = log_mel(torch.from_numpy(np.stack(waves[start: start + VOCODE_BATCH])), audio, transform)
+            audio_out = backbone.vocoder(backbone.codec.decode_in_range(backbone.codec.encode(mels.to(backbone.device))))
+            rendered += list(audio_out.float().cpu().numpy())
+    return analysed_log_mels(rendered, audio)
 
 
 def analysed_log_mels(waves: list[np.ndarray], audio: AudioParams) -> torch.Tensor:

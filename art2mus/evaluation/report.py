@@ -23,7 +23,7 @@ import torch
 from art2mus.config import AudioParams
 from art2mus.errors import Art2MusError
 from art2mus.io import atomic_path
-from art2mus.models.audio import crop_waveform, log_mel, mel_transform, peak_normalise, read_mono
+from art2mus.models.audio import log_mel, mel_transform, model_crop, read_mono
 
 THUMBNAIL_PIXELS = 256
 ASSETS = "assets"
@@ -208,7 +208,7 @@ def write_entry(root: Path, index: int, item: ReportItem, audio: AudioParams, tr
     write_thumbnail(Path(item.image), root / f"{stem}-image.jpg")
     generated = read_mono(item.generated, audio.sample_rate)
     # The clip the model is scored against: its crop, peak-normalised as the model's inputs are.
-    reference = peak_normalise(crop_waveform(read_mono(item.reference, audio.sample_rate), audio))
+    reference = model_crop(read_mono(item.reference, audio.sample_rate), audio)
     if len(generated) < audio.hop_length:
         raise Art2MusError(f"{item.generated}: generated audio is shorter than one mel frame "
                            f"({len(generated)} samples; artwork {item.artwork_id!r})")

@@ -76,23 +76,24 @@ def crop_waveform(wave: np.ndarray, audio: AudioParams, offset_seconds: float | 
     return crop.astype(np.float32)
 
 
-def peak_normalise(wave: np.ndarray, peak: float = 0.5) -> np.ndarray:
-    """Scale to a fixed peak, as the Art2Mus audio pipeline does (x 0.5)."""
-    top = float(np.abs(wave).max()) if len(wave) else 0.0
-    return wave if top == 0.0 else (wave / top * peak).astype(np.float32)
+def normalize_wav(wave: np.ndarray, peak: float = 0.5) -> np.ndarray:
+    """AudioLDM2's `normalize_wav`: the mean removed, then peak-normalised to `peak` (0.5)."""
+    centred = wave - wave.mean() if len(wave) else wave
+    return (centred / (np.abs(centred).max(initial=0.0) + 1e-8) * peak).astype(np.float32)
 
 
-CROP_VERSION = 2  # caches of anything computed from model_crop key on this: bump when it changes
+CROP_VERSION = 3  # caches of anything computed from model_crop key on this: bump when it changes
 
 
 def model_crop(wave: np.ndarray, audio: AudioParams, offset_seconds: float | None = None) -> np.ndarray:
     """The clip the model sees, wherever it is computed (prior, latents, features, evaluation):
-    `crop_seconds` of the mono waveform from the offset, zero-padded at the end, peak-normalised.
+    `crop_seconds` of the mono waveform from the offset, zero-padded at the end, then AudioLDM2's
+    `normalize_wav` (mean removed, peak 0.5), as the prior's training audio was.
 
     Normalising the crop (not the whole track) means a crop depends only on the samples up to its
     end, so a reader may decode just that prefix.
     """
-    return peak_normalise(crop_waveform(wave, audio, offset_seconds))
+    return normalize_wav(crop_waveform(wave, audio, offset_seconds))
 
 
 def dct_matrix(n: int) -> torch.Tensor:
@@ -148,6 +149,11 @@ class MelCodec(ModelMixin, ConfigMixin):
         self.scale.fill_(1.0)
         coefficients = self.encode(mels).double()
         self.scale.copy_(coefficients.transpose(0, 1).flatten(1).std(dim=1).clamp_min(1e-3).float())
+
+    def encode_distribution(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the latent posterior: the block DCT is deterministic, so std is zero."""
+        latents = self.encode(mel)
+        return latents, torch.zeros_like(latents)
 
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """[B, frames, n_mels] log-mel -> [B, C, frames/ft, n_mels/fm] latent."""

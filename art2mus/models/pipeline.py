@@ -20,7 +20,8 @@ import torch
 from art2mus.config import EncoderSpec
 from art2mus.errors import Art2MusError
 from art2mus.models.aligner import ImageAligner
-from art2mus.models.backbone import Backbone, load_backbone
+from art2mus.models.backbone import Backbone, resolve_device
+from art2mus.models.loader import load_backbone
 
 MODEL_FILE = "model.json"
 SchedulerName = Literal["dpmsolver++", "ddim"]
@@ -74,22 +75,40 @@ class Art2MusPipeline:
     """Frozen image encoder -> trained aligner -> frozen GPT-2 + UNet -> codec -> vocoder."""
 
     def __init__(self, encoder, aligner: ImageAligner, backbone: Backbone, info: dict[str, Any] | None = None) -> None:
+        if aligner.config.image_dim != encoder.dim:
+            raise Art2MusError(f"the aligner was built for {aligner.config.image_dim}-d image embeddings, but the "
+                               f"image encoder {encoder.encoder_id} gives {encoder.dim}-d ones "
+                               "(features.image_encoder must be the encoder the aligner was trained with)")
+        if aligner.config.lm_width != backbone.lm_width:
+            raise Art2MusError(f"the aligner writes {aligner.config.lm_width}-d tokens, but the prior's GPT-2 reads "
+                               f"{backbone.lm_width}-d ones (backbone.profile must be the one it was trained with)")
         self.encoder = encoder
-        self.aligner = aligner.eval()
         self.backbone = backbone.eval()
+        self.aligner = aligner.eval().to(self.backbone.device)
         self.info = info or {}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "Art2MusPipeline":
-        """Load a packaged model folder (see `save_model`)."""
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto") -> "Art2MusPipeline":
+        """Load a packaged model folder (see `save_model`) on `device` (`auto`: the GPU when there is one)."""
         from art2mus.models.encoders import load_image_encoder
 
         path = Path(path)
         if not (path / MODEL_FILE).is_file():
             raise Art2MusError(f"{path}: not an art2mus model (no {MODEL_FILE})")
         info = json.loads((path / MODEL_FILE).read_text())
-        encoder = load_image_encoder(EncoderSpec.model_validate(info["image_encoder"]))
-        return cls(encoder, ImageAligner.from_pretrained(path / "aligner"), load_backbone(path / "prior"), info)
+        device = resolve_device(device)
+        encoder = load_image_encoder(EncoderSpec.model_validate(info["image_encoder"]), device=str(device))
+        return cls(encoder, ImageAligner.from_pretrained(path / "aligner"), load_backbone(path / "prior", device), info)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @property
+    def seconds(self) -> float:
+        """The prior's own length (its crop)."""
+        info = self.backbone.info
+        return info["crop_frames"] * info["hop_length"] / info["sample_rate"]
 
     @property
     def sample_rate(self) -> int:
@@ -109,12 +128,12 @@ class Art2MusPipeline:
     def sample_latents(self, loa: torch.Tensor, config: GenerationConfig, generator: torch.Generator) -> torch.Tensor:
         """The denoising loop with classifier-free guidance against the prior's null conditioning."""
         scheduler = make_scheduler(self.backbone, config.scheduler)
-        scheduler.set_timesteps(config.steps)
+        scheduler.set_timesteps(config.steps, device=loa.device)
         shape = (loa.shape[0], *self.latent_shape(config.seconds))
-        latents = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma
+        # Drawn on a seeded CPU generator, then moved: a seed gives the same music on CPU and GPU.
+        latents = torch.randn(shape, generator=generator).to(loa.device, loa.dtype) * scheduler.init_noise_sigma
         guided = config.guidance_scale > 1.0
-        null = self.backbone.null_loa.expand_as(loa)
-        conditioning = torch.cat([null, loa]) if guided else loa
+        conditioning = torch.cat([self.backbone.null_like(loa), loa]) if guided else loa
         for t in scheduler.timesteps:
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
@@ -131,20 +150,27 @@ class Art2MusPipeline:
         config = config or GenerationConfig()
         embeds = torch.cat([self.encoder.embed_images(images[start: start + config.batch_size]).float()
                             for start in range(0, len(images), config.batch_size)])
-        return self.render(self.aligner(embeds), config)
+        return self.render(self.aligner(embeds.to(self.device)), config)
 
     @torch.no_grad()
     def render(self, tokens: torch.Tensor, config: GenerationConfig | None = None) -> list[np.ndarray]:
         """One waveform per row of aligner tokens [N, K, d_lm] (baselines condition through here too)."""
         config = config or GenerationConfig()
         generator = torch.Generator().manual_seed(config.seed)
+        samples = round((config.seconds or self.seconds) * self.sample_rate)
         waves: list[np.ndarray] = []
         for start in range(0, len(tokens), config.batch_size):
-            loa = self.backbone.language_of_audio(tokens[start: start + config.batch_size])
+            loa = self.backbone.language_of_audio(tokens[start: start + config.batch_size].to(self.device))
             latents = self.sample_latents(loa, config, generator)
             audio = self.backbone.vocoder(self.backbone.codec.decode_in_range(latents))
-            for wave in limit_peaks(audio.float().cpu().numpy()):
-                if config.seconds is not None:
-                    wave = wave[: round(config.seconds * self.sample_rate)]
-                waves.append(wave.astype(np.float32))
+            waves += trimmed(audio, samples)
         return waves
+
+
+def trimmed(audio: torch.Tensor, samples: int) -> list[np.ndarray]:
+    """[B, n] vocoder output -> B float32 waves of exactly `samples` (HiFi-GAN returns 163,872 for 163,840;
+    a shorter one is zero-padded), peak-limited."""
+    waves = limit_peaks(audio.float().cpu().numpy())[:, :samples]
+    if waves.shape[1] < samples:
+        waves = np.pad(waves, ((0, 0), (0, samples - waves.shape[1])))
+    return [wave.astype(np.float32) for wave in waves]

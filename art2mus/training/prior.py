@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from art2mus.config import AudioParams, BackboneParams, PriorParams
 from art2mus.models.audio import log_mel, mel_transform, model_crop, read_mono
-from art2mus.models.backbone import Backbone, build_tiny_backbone
+from art2mus.models.backbone import Backbone
+from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training.diffusion import diffusion_target, sample_noise_and_timesteps
 
 logger = logging.getLogger(__name__)

@@ -50,3 +50,40 @@ def test_sections_are_immutable_once_loaded() -> None:
     params = parse_params({})
     with pytest.raises(Exception):
         params.split.seed = 3  # type: ignore[misc]
+
+
+def test_auto_values_resolve_to_the_profile_and_explicit_values_win() -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert raw["audio"]["crop_seconds"] == "auto" and raw["train"]["lr"] == "auto"
+    tiny = parse_params(raw)
+    assert (tiny.audio.crop_seconds, tiny.audio.crop_offset_seconds, tiny.train.hidden_dim) == (2.56, 0.5, 256)
+    assert tiny.backbone.null_conditioning == "zeros" and not tiny.train.gradient_checkpointing
+    raw["backbone"]["profile"] = "audioldm2"
+    real = parse_params(raw)
+    assert (real.audio.crop_seconds, real.audio.crop_offset_seconds) == (10.24, 10.0)
+    assert (real.train.hidden_dim, real.train.tokens, real.train.lr, real.train.batch_size, real.train.grad_accum,
+            real.train.micro_batch, real.train.warmup_steps, real.train.steps) == (1536, 4, 2e-5, 16, 8, 2, 500, 20000)
+    assert real.train.gradient_checkpointing and real.backbone.null_conditioning == "zeros"
+    assert real.backbone.revision == "0019cb0bd4d314accff72aee1c3abd6f22929ba5"
+    raw["train"]["lr"] = 1e-4
+    assert parse_params(raw).train.lr == 1e-4
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"audio": {"crop_seconds": 2.56}}, "audio.crop_seconds: 2.56 s cannot work with backbone.profile audioldm2"),
+    ({"sample": {"track_seconds": 12.0}}, "sample.track_seconds: 12 s is shorter than the model's crop"),
+    ({"train": {"batch_size": 16, "grad_accum": 3}}, "must divide by grad_accum"),
+])
+def test_combinations_that_cannot_work_are_refused_naming_the_key(override: dict, message: str) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["backbone"]["profile"] = "audioldm2"
+    for section, values in override.items():
+        raw[section].update(values)
+    with pytest.raises(ConfigError) as error:
+        parse_params(raw, "params.yaml")
+    assert message in str(error.value) and "{'audio'" not in str(error.value)
+
+
+def test_the_tiny_prior_has_no_empty_prompt_null() -> None:
+    with pytest.raises(ConfigError, match="backbone.null_conditioning"):
+        parse_params({"backbone": {"null_conditioning": "empty_prompt"}})

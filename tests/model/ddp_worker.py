@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from art2mus.config import AudioParams, BackboneParams, TrainParams
-from art2mus.models.backbone import build_tiny_backbone
+from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training.aligner import AlignerData, train_aligner, weights_sha256
 
 

@@ -10,7 +10,9 @@ import torch
 from art2mus.config import AudioParams, BackboneParams, TrainParams
 from art2mus.models.aligner import ImageAligner
 from art2mus.models.audio import GriffinLimVocoder, MelCodec
-from art2mus.models.backbone import BackboneError, build_tiny_backbone, load_backbone
+from art2mus.models.backbone import BackboneError
+from art2mus.models.loader import load_backbone
+from art2mus.models.tiny import build_tiny_backbone, save_tiny_backbone
 from art2mus.training.aligner import AlignerData, aligner_loss, train_aligner, weights_sha256
 from art2mus.training.diffusion import diffusion_target
 
@@ -44,7 +46,7 @@ def test_codec_is_an_exact_inverse_with_fitted_statistics() -> None:
 
 
 def test_tiny_backbone_round_trips_through_save_pretrained_and_the_loader(backbone, tmp_path: Path) -> None:
-    backbone.save_pretrained(tmp_path / "prior")
+    save_tiny_backbone(backbone, tmp_path / "prior")
     loaded = load_backbone(tmp_path / "prior")
     latents = torch.randn(2, *backbone.latent_shape)
     inputs = torch.randn(2, 4, backbone.lm_width)
@@ -62,7 +64,7 @@ def test_tiny_backbone_round_trips_through_save_pretrained_and_the_loader(backbo
 def test_loading_a_missing_or_incomplete_backbone_is_a_clear_error(backbone, tmp_path: Path) -> None:
     with pytest.raises(BackboneError, match="run the `prior` stage first"):
         load_backbone(tmp_path / "nothing")
-    backbone.save_pretrained(tmp_path / "prior")
+    save_tiny_backbone(backbone, tmp_path / "prior")
     (tmp_path / "prior" / "audio_encoder.safetensors").unlink()
     with pytest.raises(BackboneError, match="missing audio_encoder.safetensors"):
         load_backbone(tmp_path / "prior")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from art2mus.cli.main import app
 from art2mus.config import AudioParams, BackboneParams, EncoderSpec
 from art2mus.models.aligner import ImageAligner
-from art2mus.models.backbone import build_tiny_backbone
+from art2mus.models.tiny import build_tiny_backbone, save_tiny_backbone
 from art2mus.models.encoders import build_tiny_image_encoder
 from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig, save_model
 
@@ -24,7 +24,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A packaged model of tiny parts (untrained: these tests check plumbing, not music)."""
     root = tmp_path_factory.mktemp("model")
     backbone = build_tiny_backbone(BackboneParams(), AudioParams(), seed=0)
-    backbone.save_pretrained(root / "prior")
+    save_tiny_backbone(backbone, root / "prior")
     encoder = build_tiny_image_encoder()
     aligner = ImageAligner(image_dim=encoder.dim, lm_width=backbone.lm_width, tokens=4, hidden_dim=32)
     save_model(root / "art2mus", aligner, root / "prior", EncoderSpec(name="tiny"), {"note": "test"})
