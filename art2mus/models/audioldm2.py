@@ -13,7 +13,9 @@ CLAP `text_encoder/config.json` says `torch_dtype: float64` (every part is loade
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -91,13 +93,29 @@ def location(source: str, revision: str) -> tuple[str, dict]:
     return source, {"revision": revision}
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """diffusers' and transformers' loading progress bars off (a stage shows its own progress)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+
+
 def load_language_model(source: str, revision: str, dtype: torch.dtype = torch.float32) -> nn.Module:
     """GPT-2 with its LM head from the `language_model` folder, whatever class `model_index.json` declares."""
     from transformers import GPT2LMHeadModel
 
     where, kwargs = location(source, revision)
     try:
-        return GPT2LMHeadModel.from_pretrained(where, subfolder="language_model", dtype=dtype, **kwargs)
+        with quiet_loading():
+            return GPT2LMHeadModel.from_pretrained(where, subfolder="language_model", dtype=dtype, **kwargs)
     except (OSError, ValueError) as error:
         raise load_error(source, revision, error) from None
 
@@ -114,7 +132,8 @@ def load_pipeline(source: str, revision: str, dtype: torch.dtype = torch.float32
     if "language_model" not in components:
         components["language_model"] = load_language_model(source, revision, dtype)
     try:
-        pipe = AudioLDM2Pipeline.from_pretrained(where, dtype=dtype, **kwargs, **components)
+        with quiet_loading():
+            pipe = AudioLDM2Pipeline.from_pretrained(where, dtype=dtype, **kwargs, **components)
     except (OSError, ValueError, KeyError) as error:
         raise load_error(source, revision, error) from None
     pipe.set_progress_bar_config(disable=True)

@@ -1,214 +1,133 @@
-"""The real profile's loader on a tiny AudioLDM2Pipeline of the real architectures, built offline in code."""
+"""The real profile's loader on a tiny AudioLDM2 with the real checkpoint's quirks, built offline from configs.
+
+The checkpoint is `art2mus.rehearsal.checkpoints.save_audioldm2(size="tiny")`: the real hub layout and
+config files at toy sizes, with what the real `cvssp/audioldm2-music` has — `model_index.json` declaring
+the language model a `GPT2Model` (GPT2Model weights, no LM head), CLAP's config saying float64, weights
+stored in fp16 — so every test here goes through the loading path a real user's checkpoint takes.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from art2mus.config import BackboneParams
 from art2mus.models.aligner import ImageAligner
-from art2mus.models.audioldm2 import LatentCodecAdapter, load_audioldm2_backbone
-from art2mus.models.backbone import AUDIOLDM2_SCHEDULE, Backbone, BackboneError
+from art2mus.models.audioldm2 import LatentCodecAdapter, load_audioldm2_backbone, load_pipeline
+from art2mus.models.backbone import Backbone, BackboneError
 from art2mus.models.encoders import build_tiny_image_encoder
+from art2mus.models.loader import load_backbone, source_identity, write_backbone_reference
 from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig
+from art2mus.rehearsal.checkpoints import save_audioldm2
 
-N_MELS = 64
-LM_WIDTH = 32
-T5_WIDTH = 16
-CLAP_DIM = 16
-LATENT_CHANNELS = 4
 MAX_NEW_TOKENS = 8
-MAX_LENGTH = 16  # both tokenizers' model_max_length
-
-
-def roberta_tokenizer(folder: Path):
-    """A byte-level BPE RobertaTokenizer from a tiny vocab.json + merges.txt written here."""
-    from transformers import RobertaTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tokens = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "Ġ", *"abcdefghijklmnopqrstuvwxyz", "Ġa", "ab"]
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\nĠ a\na b\n")
-    return RobertaTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
-                            model_max_length=MAX_LENGTH)
-
-
-def t5_tokenizer():
-    """A T5TokenizerFast around a tiny Unigram `tokenizers.Tokenizer` (</s> appended, as T5 does)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0), ("▁music", -1.0)]
-    pieces += [(char, -3.0) for char in "abcdefghijklmnopqrstuvwxyz"]
-    backend = Tokenizer(models.Unigram(pieces, unk_id=2))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace()
-    backend.decoder = decoders.Metaspace()
-    backend.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
-    return T5TokenizerFast(tokenizer_object=backend, model_max_length=MAX_LENGTH, extra_ids=0)
-
-
-def tiny_components(folder: Path) -> dict[str, Any]:
-    """Every AudioLDM2Pipeline component at toy size, seeded."""
-    from diffusers import AutoencoderKL, DDIMScheduler
-    from diffusers.pipelines.audioldm2.modeling_audioldm2 import (
-        AudioLDM2ProjectionModel,
-        AudioLDM2UNet2DConditionModel,
-    )
-    from transformers import (
-        ClapAudioConfig,
-        ClapConfig,
-        ClapFeatureExtractor,
-        ClapModel,
-        ClapTextConfig,
-        GPT2Config,
-        GPT2LMHeadModel,
-        SpeechT5HifiGan,
-        SpeechT5HifiGanConfig,
-        T5Config,
-        T5EncoderModel,
-    )
-
-    torch.manual_seed(0)
-    tokenizer = roberta_tokenizer(folder / "roberta_files")
-    tokenizer_2 = t5_tokenizer()
-    text_config = ClapTextConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
-        bos_token_id=0, pad_token_id=1, eos_token_id=2, max_position_embeddings=MAX_LENGTH + 4,
-        projection_dim=CLAP_DIM)
-    audio_config = ClapAudioConfig(
-        spec_size=8, window_size=4, num_mel_bins=8, intermediate_size=32, depths=[1, 1],
-        num_attention_heads=[1, 1], num_hidden_layers=1, hidden_size=32, patch_size=2, patch_stride=2,
-        patch_embed_input_channels=4, projection_dim=CLAP_DIM)
-    cross = (None, LM_WIDTH, T5_WIDTH)  # self-attention, GPT-2's LOA stream, T5's stream
-    return {
-        "vae": AutoencoderKL(
-            in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-            latent_channels=LATENT_CHANNELS, norm_num_groups=8),
-        "text_encoder": ClapModel(ClapConfig(text_config=text_config.to_dict(), audio_config=audio_config.to_dict(),
-                                          projection_dim=CLAP_DIM)),
-        "text_encoder_2": T5EncoderModel(T5Config(
-            vocab_size=len(tokenizer_2), d_model=T5_WIDTH, d_ff=32, d_kv=8, num_heads=2, num_layers=1)),
-        "projection_model": AudioLDM2ProjectionModel(
-            text_encoder_dim=CLAP_DIM, text_encoder_1_dim=T5_WIDTH, langauge_model_dim=LM_WIDTH),
-        "language_model": GPT2LMHeadModel(GPT2Config(
-            n_embd=LM_WIDTH, n_head=2, n_layer=1, vocab_size=8, n_positions=2 * MAX_LENGTH + 16)),
-        "tokenizer": tokenizer,
-        "tokenizer_2": tokenizer_2,
-        "feature_extractor": ClapFeatureExtractor(),
-        "unet": AudioLDM2UNet2DConditionModel(
-            in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(16, 32), layers_per_block=1,
-            norm_num_groups=8, cross_attention_dim=(cross, cross), attention_head_dim=4),
-        "scheduler": DDIMScheduler(**AUDIOLDM2_SCHEDULE),
-        "vocoder": SpeechT5HifiGan(SpeechT5HifiGanConfig(
-            model_in_dim=N_MELS, sampling_rate=16000, upsample_initial_channel=16, upsample_rates=[8, 5, 4],
-            upsample_kernel_sizes=[16, 10, 8], resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]],
-            normalize_before=False)),
-    }
+N_MELS = 64
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
-    """The tiny pipeline in memory and its `save_pretrained` folder."""
-    from diffusers import AudioLDM2Pipeline
-
-    root = tmp_path_factory.mktemp("audioldm2")
-    pipe = AudioLDM2Pipeline(**tiny_components(root))
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.eval()  # as from_pretrained leaves them (T5 and GPT-2 have dropout)
-    pipe.save_pretrained(root / "audioldm2")
-    return pipe, root / "audioldm2"
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quirky tiny AudioLDM2-music folder (fp16 on disk, as a halved real one would be)."""
+    return save_audioldm2(tmp_path_factory.mktemp("hub") / "audioldm2-music", size="tiny", store_dtype=torch.float16)
 
 
 @pytest.fixture(scope="module")
-def backbone(saved: tuple[Any, Path]) -> Backbone:
-    return load_audioldm2_backbone(str(saved[1]), "main", MAX_NEW_TOKENS)
+def backbone(checkpoint: Path) -> Backbone:
+    return load_audioldm2_backbone(str(checkpoint), "main", MAX_NEW_TOKENS)
 
 
-def test_loaded_parts_equal_the_saved_ones(saved: tuple[Any, Path], backbone: Backbone) -> None:
-    pipe, _ = saved
-    assert isinstance(backbone.codec, LatentCodecAdapter)
-    for mine, theirs in [(backbone.unet, pipe.unet), (backbone.language_model, pipe.language_model),
-                         (backbone.codec.vae, pipe.vae), (backbone.vocoder, pipe.vocoder)]:
-        assert mine is not theirs
-        for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
-            assert torch.equal(a, b), name
-    generator = torch.Generator().manual_seed(1)
-    latents = torch.randn(2, LATENT_CHANNELS, 8, N_MELS // 2, generator=generator)
-    loa = torch.randn(2, MAX_NEW_TOKENS, LM_WIDTH, generator=generator)
-    t5 = torch.randn(2, 3, T5_WIDTH, generator=generator)
-    mask = torch.ones(2, 3, dtype=torch.long)
-    timesteps = torch.tensor([10, 500])
+def test_the_toy_checkpoint_has_the_real_quirks(checkpoint: Path) -> None:
+    index = json.loads((checkpoint / "model_index.json").read_text())
+    assert index["language_model"] == ["transformers", "GPT2Model"]
+    assert json.loads((checkpoint / "text_encoder" / "config.json").read_text())["torch_dtype"] == "float64"
+
+
+def test_the_language_model_has_its_head_and_every_part_is_float32(backbone: Backbone) -> None:
+    # Before: diffusers loaded the declared GPT2Model, which cannot generate (AttributeError in
+    # encode_prompt), and CLAP in float64 ("mat1 and mat2 must have the same dtype").
+    from transformers import GPT2LMHeadModel
+
+    assert isinstance(backbone.language_model, GPT2LMHeadModel)
+    for part in (backbone.unet, backbone.language_model, backbone.codec.vae, backbone.vocoder):
+        assert {p.dtype for p in part.parameters()} == {torch.float32}
+    assert backbone.t5_embeds.dtype == backbone.null_loa.dtype == torch.float32
+
+
+def test_the_head_model_holds_exactly_the_declared_gpt2_weights(checkpoint: Path, backbone: Backbone) -> None:
+    from transformers import GPT2Model
+
+    declared = GPT2Model.from_pretrained(checkpoint / "language_model", dtype=torch.float32).eval()
+    inputs = torch.randn(2, 5, backbone.lm_width, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = pipe.unet(latents, timesteps, encoder_hidden_states=loa, encoder_hidden_states_1=t5,
-                             encoder_attention_mask_1=mask).sample
-        got = backbone.unet(latents, timesteps, encoder_hidden_states=loa, encoder_hidden_states_1=t5,
-                            encoder_attention_mask_1=mask).sample
-        assert torch.equal(got, expected)
-        assert backbone.predict(latents, timesteps, loa).shape == latents.shape
+        expected = declared(inputs_embeds=inputs).last_hidden_state
+        got = backbone.language_model.transformer(inputs_embeds=inputs).last_hidden_state
+    assert torch.equal(got, expected)
 
 
-def test_conditioning_streams_come_from_the_empty_prompt(saved: tuple[Any, Path], backbone: Backbone) -> None:
-    pipe, _ = saved
+def test_the_constant_streams_are_the_empty_prompts_and_the_null_is_zeros(checkpoint: Path,
+                                                                          backbone: Backbone) -> None:
+    pipe = load_pipeline(str(checkpoint), "main")
     with torch.no_grad():
-        t5, mask, loa = pipe.encode_prompt("", torch.device("cpu"), 1, False, max_new_tokens=MAX_NEW_TOKENS)
-    assert backbone.t5_embeds.shape == (1, 1, T5_WIDTH)  # the empty prompt is T5's lone </s>
-    assert backbone.t5_mask.tolist() == [[1]]
-    assert backbone.null_loa.shape == (1, MAX_NEW_TOKENS, LM_WIDTH)
-    assert torch.allclose(backbone.t5_embeds, t5) and torch.equal(backbone.t5_mask, mask)
-    assert torch.allclose(backbone.null_loa, loa, atol=1e-6)
+        t5, mask, empty_loa = pipe.encode_prompt("", torch.device("cpu"), 1, False, max_new_tokens=MAX_NEW_TOKENS)
+    assert backbone.t5_embeds.shape == (1, 1, t5.shape[-1]) and backbone.t5_mask.tolist() == [[1]]
+    assert torch.allclose(backbone.t5_embeds, t5)
+    assert backbone.info["null_conditioning"] == "zeros" and not backbone.null_loa.any()
+    assert backbone.null_loa.shape == (1, MAX_NEW_TOKENS, backbone.lm_width)
+    empty = load_audioldm2_backbone(str(checkpoint), "main", MAX_NEW_TOKENS, null_conditioning="empty_prompt")
+    assert torch.allclose(empty.null_loa, empty_loa, atol=1e-6) and empty.null_loa.abs().sum() > 0
+    with pytest.raises(BackboneError, match="null_conditioning"):
+        load_audioldm2_backbone(str(checkpoint), "main", MAX_NEW_TOKENS, null_conditioning="ones")
 
 
-def test_info_describes_the_audio_and_latents(backbone: Backbone) -> None:
+def test_the_prior_works_at_its_own_length(backbone: Backbone) -> None:
     info = backbone.info
-    assert info["profile"] == "audioldm2" and info["max_new_tokens"] == MAX_NEW_TOKENS
     assert (info["sample_rate"], info["n_mels"], info["hop_length"]) == (16000, N_MELS, 160)
     assert info["crop_frames"] == 1024  # 10.24 s
-    assert backbone.latent_shape == (LATENT_CHANNELS, 512, N_MELS // 2)
-    assert backbone.lm_width == LM_WIDTH
+    assert backbone.latent_shape == (8, 256, 16)  # AudioLDM2-music's 8 x 256 x 16
+
+
+def test_the_codec_gives_the_posterior_for_training_and_its_mean_for_evaluation(backbone: Backbone) -> None:
+    mel = torch.randn(2, 32, N_MELS, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mean, std = backbone.codec.encode_distribution(mel)
+        mode = backbone.codec.encode(mel)
+        decoded = backbone.codec.decode(mode)
+    assert isinstance(backbone.codec, LatentCodecAdapter)
+    assert mean.shape == std.shape == (2, 8, 8, 16) and (std > 0).all()
+    assert torch.allclose(mean, mode) and decoded.shape == mel.shape
 
 
 def test_language_of_audio_is_differentiable(backbone: Backbone) -> None:
-    inputs = torch.randn(2, 4, LM_WIDTH, requires_grad=True)
+    inputs = torch.randn(2, 4, backbone.lm_width, requires_grad=True)
     loa = backbone.language_of_audio(inputs)
-    assert loa.shape == (2, MAX_NEW_TOKENS, LM_WIDTH)
+    assert loa.shape == (2, MAX_NEW_TOKENS, backbone.lm_width)
     loa.square().mean().backward()
     assert inputs.grad is not None and torch.isfinite(inputs.grad).all() and inputs.grad.abs().sum() > 0
     assert all(p.grad is None for p in backbone.language_model.parameters())
 
 
-def test_codec_round_trip_and_vocoder_shapes(backbone: Backbone) -> None:
-    mel = torch.randn(2, 20, N_MELS)
-    with torch.no_grad():
-        latents = backbone.codec.encode(mel)
-        assert latents.shape == (2, LATENT_CHANNELS, 10, N_MELS // 2)
-        decoded = backbone.codec.decode(latents)
-        assert decoded.shape == mel.shape
-        wave = backbone.vocoder(decoded)
-    # HiFi-GAN's transposed convolutions may add a few samples (AudioLDM2's own does); generation crops them.
-    assert wave.shape[0] == 2 and 0 <= wave.shape[1] - 20 * 160 < 160
-
-
-def test_art2mus_pipeline_generates_with_the_loaded_backbone(backbone: Backbone) -> None:
+def test_generation_gives_exactly_the_requested_samples(backbone: Backbone) -> None:
     encoder = build_tiny_image_encoder()
     torch.manual_seed(0)
-    aligner = ImageAligner(image_dim=encoder.dim, lm_width=backbone.lm_width)
-    pipeline = Art2MusPipeline(encoder, aligner, backbone)
+    pipeline = Art2MusPipeline(encoder, ImageAligner(image_dim=encoder.dim, lm_width=backbone.lm_width), backbone)
     images = [Image.new("RGB", (40, 40), (200, 30, 30)), Image.new("RGB", (40, 40), (20, 30, 200))]
-    config = GenerationConfig(scheduler="ddim", steps=2, guidance_scale=3.0, seconds=0.2, batch_size=2)
+    config = GenerationConfig(scheduler="ddim", steps=2, guidance_scale=3.0, seconds=0.3, batch_size=2)
     waves = pipeline(images, config)
-    assert len(waves) == 2
-    for wave in waves:
-        assert wave.shape == (round(0.2 * 16000),) and wave.dtype == np.float32 and np.isfinite(wave).all()
+    # HiFi-GAN's output is longer than frames x hop (163,872 for 163,840 at 10.24 s): trimmed exactly.
+    assert [wave.shape for wave in waves] == [(round(0.3 * 16000),)] * 2
+    assert all(wave.dtype == np.float32 and np.isfinite(wave).all() for wave in waves)
+    again = pipeline(images, config)
+    assert all(np.array_equal(a, b) for a, b in zip(waves, again))  # seeded CPU draws
+
+
+def test_an_aligner_for_another_image_width_is_refused(backbone: Backbone) -> None:
+    encoder = build_tiny_image_encoder()
+    with pytest.raises(Exception, match=r"features\.image_encoder"):
+        Art2MusPipeline(encoder, ImageAligner(image_dim=encoder.dim + 1, lm_width=backbone.lm_width), backbone)
 
 
 def test_offline_hub_id_raises_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -224,15 +143,15 @@ def test_a_local_folder_without_a_pipeline_raises_a_clear_error(tmp_path: Path) 
         load_audioldm2_backbone(str(tmp_path), "main", MAX_NEW_TOKENS)
 
 
-def test_the_prior_stage_reference_loads_the_real_profile_through_load_backbone(
-    saved: tuple[Any, Path], tmp_path: Path
-) -> None:
-    from art2mus.config import BackboneParams
-    from art2mus.models.backbone import load_backbone, write_backbone_reference
+def test_the_reference_pins_the_hub_revision_and_hashes_a_local_folder(checkpoint: Path, tmp_path: Path) -> None:
+    from art2mus.config import PINNED_REVISION
+    from art2mus.io import sha256_tree
 
-    _, folder = saved
-    write_backbone_reference(BackboneParams(profile="audioldm2", source=str(folder), max_new_tokens=MAX_NEW_TOKENS),
-                             tmp_path / "prior")
+    assert source_identity("cvssp/audioldm2-music", PINNED_REVISION) == f"cvssp/audioldm2-music@{PINNED_REVISION}"
+    write_backbone_reference(BackboneParams(profile="audioldm2", source=str(checkpoint),
+                                            max_new_tokens=MAX_NEW_TOKENS), tmp_path / "prior")
+    recorded = json.loads((tmp_path / "prior" / "backbone.json").read_text())
+    assert recorded["identity"] == f"local@{sha256_tree(checkpoint)}" and recorded["null_conditioning"] == "zeros"
     backbone = load_backbone(tmp_path / "prior")
-    assert backbone.info["profile"] == "audioldm2" and backbone.info["source"] == str(folder)
+    assert backbone.info["identity"] == recorded["identity"] and backbone.info["source"] == str(checkpoint)
     assert isinstance(backbone.codec, LatentCodecAdapter)
