@@ -25,18 +25,17 @@ from art2mus.evaluation.captions import (
     metadata_caption,
     template_parts,
 )
-from art2mus.evaluation.evaluate import (
+from art2mus.evaluation.caption_baseline import (
     CAPTION_BASELINE,
-    METRICS_FILE,
-    REPORT_DIR,
-    SplitData,
     caption_baseline,
-    comparison_table,
-    evaluate_model,
+    caption_streams,
+    load_text_pipeline,
+    render_captions,
 )
+from art2mus.evaluation.evaluate import METRICS_FILE, REPORT_DIR, SplitData, comparison_table, evaluate_model
 from art2mus.models.aligner import ImageAligner
-from art2mus.models.audioldm2 import load_text_pipeline, render_captions
-from art2mus.models.backbone import BackboneError, write_backbone_reference
+from art2mus.models.backbone import BackboneError
+from art2mus.models.loader import write_backbone_reference
 from art2mus.models.encoders import build_tiny_image_encoder
 from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig, save_model
 from tests.tiny_model import build_tiny_model
@@ -122,7 +121,20 @@ def build_tiny_audioldm2(path: Path, seed: int = 0) -> Path:
         scheduler=DDIMScheduler(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,
                                 beta_schedule="scaled_linear", clip_sample=False))
     pipe.save_pretrained(path)
+    with_real_quirks(path, language_model)
     return path
+
+
+def with_real_quirks(path: Path, language_model) -> None:
+    """What the real cvssp/audioldm2-music folder has: GPT2Model declared and stored, CLAP's config in float64."""
+    index = json.loads((path / "model_index.json").read_text())
+    index["language_model"] = ["transformers", "GPT2Model"]
+    (path / "model_index.json").write_text(json.dumps(index))
+    for stale in (path / "language_model").iterdir():
+        stale.unlink()
+    language_model.transformer.save_pretrained(path / "language_model")
+    clap = json.loads((path / "text_encoder" / "config.json").read_text())
+    (path / "text_encoder" / "config.json").write_text(json.dumps({**clap, "torch_dtype": "float64"}))
 
 
 def package_model(root: Path, source: Path) -> Path:
@@ -210,6 +222,17 @@ def test_caption_baseline_generates_seeded_audio_of_the_requested_length(
     reseeded, _ = caption_baseline(real_pipeline, split.pairs.head(1), config,
                                    GenerationConfig(**{**GENERATION.__dict__, "seed": 1}))
     assert not np.allclose(waves[0], reseeded[0])
+
+
+def test_the_caption_baseline_samples_against_the_backbones_null(real_pipeline: Art2MusPipeline) -> None:
+    backbone = real_pipeline.backbone
+    text_pipeline = load_text_pipeline(backbone)
+    streams = caption_streams(text_pipeline, backbone, ["Music for a calm blue sea", "War"], guided=True)
+    assert backbone.info["null_conditioning"] == "zeros"
+    assert streams["negative_generated_prompt_embeds"].shape == streams["generated_prompt_embeds"].shape
+    assert not streams["negative_generated_prompt_embeds"].any()  # not GPT-2's LOA of the empty prompt
+    assert streams["negative_prompt_embeds"].shape == streams["prompt_embeds"].shape
+    assert "negative_prompt_embeds" not in caption_streams(text_pipeline, backbone, ["War"], guided=False)
 
 
 def test_the_caption_conditions_the_audio_under_the_same_noise(real_pipeline: Art2MusPipeline) -> None:
