@@ -13,7 +13,8 @@ def main() -> None:
     config = params.ingest
     with stage_run("ingest", config, params.tracking.experiment) as run:
         out_dir = Path(config.out_dir)
-        summary = ingest(Path(config.artgraph_dir), Path(config.fma_dir), out_dir, config)
+        crop_end = params.audio.crop_offset_seconds + params.audio.crop_seconds  # shorter tracks are quarantined
+        summary = ingest(Path(config.artgraph_dir), Path(config.fma_dir), out_dir, config, min_track_seconds=crop_end)
         run.log_metrics(summary)
         run.log_artifact(out_dir / QUARANTINE_MANIFEST)
 

@@ -80,10 +80,12 @@ def ingest(
     setup_logging(quiet)
     configure_environment()
     try:
-        config = load_params(params_file).ingest
+        params = load_params(params_file)
+        config = params.ingest
         if workers is not None:
             config = config.model_copy(update={"workers": workers})
-        summary = run_ingest(artgraph, fma, out, config, quiet=quiet)
+        summary = run_ingest(artgraph, fma, out, config, quiet=quiet,
+                             min_track_seconds=params.audio.crop_offset_seconds + params.audio.crop_seconds)
     except Art2MusError as error:
         fail("ingest", error)
     typer.echo(f"ingest: {summary['artworks']} artworks, {summary['tracks']} tracks, "

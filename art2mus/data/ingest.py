@@ -302,8 +302,22 @@ def format_quarantine(quarantine: pd.DataFrame, totals: dict[str, int], location
     return "\n".join(lines)
 
 
-def ingest(artgraph_dir: Path, fma_dir: Path, out_dir: Path, params: IngestParams, quiet: bool = False) -> dict:
-    """Write artworks/tracks/quarantine manifests into `out_dir`; return the summary."""
+def too_short(tracks: pd.DataFrame, min_seconds: float) -> tuple[pd.DataFrame, list[Quarantined]]:
+    """Tracks shorter than the model's crop (its offset + length) set aside with the reason."""
+    short = tracks["duration"] < min_seconds - 1e-6
+    quarantined = [Quarantined(fma.SOURCE, str(row.track_id), row.path,
+                               f"too short for the model's crop: {row.duration:.2f} s < {min_seconds:.2f} s "
+                               "(audio.crop_offset_seconds + audio.crop_seconds)")
+                   for row in tracks[short].itertuples()]
+    return tracks[~short].reset_index(drop=True), quarantined
+
+
+def ingest(artgraph_dir: Path, fma_dir: Path, out_dir: Path, params: IngestParams, quiet: bool = False,
+           min_track_seconds: float = 0.0) -> dict:
+    """Write artworks/tracks/quarantine manifests into `out_dir`; return the summary.
+
+    Tracks shorter than `min_track_seconds` (the model's crop: offset + length) are quarantined.
+    """
     cache = ProbeCache(out_dir / CACHE_FILE)
     work: dict[str, int] = {}
     try:
@@ -315,6 +329,8 @@ def ingest(artgraph_dir: Path, fma_dir: Path, out_dir: Path, params: IngestParam
             pool.close()
     finally:
         cache.close()
+    tracks, short = too_short(tracks, min_track_seconds)
+    fma_quarantine += short
     quarantine = quarantine_table(art_quarantine + fma_quarantine)
     write_table_atomic(artworks, out_dir / ARTWORKS_MANIFEST)
     write_table_atomic(tracks, out_dir / TRACKS_MANIFEST)

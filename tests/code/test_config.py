@@ -87,3 +87,28 @@ def test_combinations_that_cannot_work_are_refused_naming_the_key(override: dict
 def test_the_tiny_prior_has_no_empty_prompt_null() -> None:
     with pytest.raises(ConfigError, match="backbone.null_conditioning"):
         parse_params({"backbone": {"null_conditioning": "empty_prompt"}})
+
+
+def test_every_stage_whose_resolved_params_depend_on_the_profile_lists_it_in_dvc_yaml() -> None:
+    """DVC compares params.yaml's raw values: an `auto` that resolves differently by profile is invisible to
+    it, so such a stage must list backbone.profile, or switching profiles would not re-run it."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    resolved = {}
+    for profile in ("tiny", "audioldm2"):
+        variant = {**raw, "backbone": {**raw["backbone"], "profile": profile}}
+        resolved[profile] = parse_params(variant).model_dump(mode="json")
+
+    def value(tree: dict, dotted: str):
+        for part in dotted.split("."):
+            tree = tree[part]
+        return tree
+
+    needing = set()
+    for name, stage in stages.items():
+        keys = [key for key in stage.get("params", []) if isinstance(key, str)]
+        if any(value(resolved["tiny"], key) != value(resolved["audioldm2"], key) for key in keys
+               if key != "backbone.profile" and not key.startswith("backbone")):
+            needing.add(name)
+            assert "backbone.profile" in keys or "backbone" in keys, f"stage {name} must list backbone.profile"
+    assert {"sample", "ingest", "features", "latents", "train", "evaluate"} <= needing

@@ -232,3 +232,15 @@ def test_a_crash_while_writing_leaves_the_old_manifests(tmp_path: Path, monkeypa
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in out.glob("*.parquet")} == before
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_tracks_too_short_for_the_models_crop_are_quarantined_with_the_reason(tmp_path: Path) -> None:
+    artgraph, fma = make_raw_dataset(tmp_path / "raw")  # 1.5 s tracks
+    summary = ingest(artgraph, fma, tmp_path / "out", PARAMS, quiet=True, min_track_seconds=20.24)
+    _, tracks, quarantine = read_manifests(tmp_path / "out")
+    assert tracks.empty and summary["quarantined_tracks"] == len(quarantine) == 12
+    assert quarantine["reason"].str.fullmatch(
+        r"too short for the model's crop: 1\.50 s < 20\.24 s \(audio\.crop_offset_seconds \+ audio\.crop_seconds\)"
+    ).all()
+    ingest(artgraph, fma, tmp_path / "kept", PARAMS, quiet=True, min_track_seconds=1.0)
+    assert len(read_manifests(tmp_path / "kept")[1]) == 12
