@@ -40,7 +40,7 @@ LOSS_PLOT = Path("models/plots/train_loss.csv")
 
 
 def gather_pairs(pairs: pd.DataFrame, image_ids: list[str], image_matrix: torch.Tensor,
-                 track_ids: list[int], latents: torch.Tensor) -> AlignerData:
+                 track_ids: list[int], latents: torch.Tensor, latent_std: torch.Tensor) -> AlignerData:
     """Rows of the cached image embeddings and latents for each pair, in the pairs' order."""
     image_row = {artwork_id: i for i, artwork_id in enumerate(image_ids)}
     latent_row = {track_id: i for i, track_id in enumerate(track_ids)}
@@ -52,6 +52,7 @@ def gather_pairs(pairs: pd.DataFrame, image_ids: list[str], image_matrix: torch.
     return AlignerData(
         image_embeds=image_matrix[[image_row[a] for a in usable["artwork_id"]]].float(),
         latents=latents[[latent_row[t] for t in usable["track_id"]]].float(),
+        latent_std=latent_std[[latent_row[t] for t in usable["track_id"]]].float(),
     )
 
 
@@ -61,6 +62,7 @@ def data_fingerprint(params_json: dict, encoder_id: str, prior_id: str, data: Al
                                        sort_keys=True).encode())
     digest.update(data.image_embeds.numpy().tobytes())
     digest.update(data.latents.numpy().tobytes())
+    digest.update(data.latent_std.numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -80,8 +82,9 @@ def main(resume: bool = True) -> None:
         backbone = load_backbone(params.prior.out_dir)
         splits = read_table(SPLITS_TABLE)
         image_ids, image_matrix, encoder_id, _ = load_embeddings(Path(params.features.out_dir), "image")
-        track_ids, latents = load_latents(Path(params.latents.out_dir))
-        data = gather_pairs(splits[splits["split"] == "train"], image_ids, image_matrix, track_ids, latents)
+        track_ids, latents, latent_std = load_latents(Path(params.latents.out_dir))
+        data = gather_pairs(splits[splits["split"] == "train"], image_ids, image_matrix, track_ids, latents,
+                            latent_std)
         prior_id = backbone.info["identity"]
         fingerprint = data_fingerprint(config.model_dump(mode="json"), encoder_id, prior_id, data)
         record_training_lineage(run, project_root(), [  # the data read above, as dvc.yaml's train deps name it

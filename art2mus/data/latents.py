@@ -2,7 +2,9 @@
 
 One small safetensors file per (track content, codec, crop) key under `cache/`, so a new track
 costs one track's work and a changed codec or crop recomputes everything; `latents.safetensors`
-gathers the current tracks' latents for training and evaluation.
+gathers the current tracks' latents for training. Each track keeps the scaled posterior's mean and
+std (`codec.encode_distribution`): training draws `mean + std * noise` per step, as AudioLDM2 trains
+on `latent_dist.sample() * scaling_factor`; evaluation encodes with `codec.encode` (the mean).
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ logger = logging.getLogger(__name__)
 CACHE_DIR = "cache"
 LATENTS_FILE = "latents.safetensors"
 FAILED_FILE = "latents_failed.parquet"
+POSTERIOR = "mean+std"  # what a cached latent holds; keyed, so latents cached as the posterior's mode are recomputed
 
 
 def cache_key(sha256: str, codec_id: str, audio: AudioParams) -> str:
     """The identity of one latent: file content, codec weights, crop and mel settings."""
-    settings = json.dumps({"codec": codec_id, "crop_version": CROP_VERSION, **audio.model_dump(mode="json")},
-                          sort_keys=True)
+    settings = json.dumps({"codec": codec_id, "crop_version": CROP_VERSION, "posterior": POSTERIOR,
+                           **audio.model_dump(mode="json")}, sort_keys=True)
     return hashlib.sha256(f"{sha256}:{settings}".encode()).hexdigest()
 
 
@@ -67,17 +70,18 @@ def compute_latents(
                 failed.append({"track_id": int(tracks["track_id"].iloc[i]), "reason": str(error)})
         if mels:
             with torch.no_grad():
-                latents = backbone.codec.encode(torch.stack(mels))
-            for i, latent in zip(rows, latents):
+                means, stds = backbone.codec.encode_distribution(torch.stack(mels))
+            for i, mean, std in zip(rows, means.float().cpu(), stds.float().cpu()):
                 with atomic_path(cache / f"{keys[i]}.safetensors") as tmp:
-                    save_file({"latent": latent.contiguous()}, tmp)
+                    save_file({"mean": mean.contiguous(), "std": std.contiguous()}, tmp)
         bar.update(len(missing[start: start + batch_size]))
     bar.close()
     failed_ids = {item["track_id"] for item in failed}
     kept = [(int(track_id), key) for track_id, key in zip(tracks["track_id"], keys) if int(track_id) not in failed_ids]
-    stacked = torch.stack([load_file(cache / f"{key}.safetensors")["latent"] for _, key in kept])
+    cached = [load_file(cache / f"{key}.safetensors") for _, key in kept]
     with atomic_path(out_dir / LATENTS_FILE) as tmp:
-        save_file({"latents": stacked, "track_ids": torch.tensor([t for t, _ in kept], dtype=torch.int64)}, tmp,
+        save_file({"mean": torch.stack([item["mean"] for item in cached]),
+                   "std": torch.stack([item["std"] for item in cached]), "track_ids": torch.tensor([t for t, _ in kept], dtype=torch.int64)}, tmp,
                   metadata={"codec": codec_id})
     with atomic_path(out_dir / FAILED_FILE) as tmp:
         pd.DataFrame(failed, columns=["track_id", "reason"]).to_parquet(tmp, index=False)
@@ -86,9 +90,9 @@ def compute_latents(
     return {"tracks": len(kept), "computed": len(missing) - len(failed), "failed": len(failed)}
 
 
-def load_latents(out_dir: Path) -> tuple[list[int], torch.Tensor]:
-    """(track ids, [N, C, H, W] latents) written by `compute_latents`."""
+def load_latents(out_dir: Path) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """(track ids, [N, C, H, W] posterior means, [N, C, H, W] stds) written by `compute_latents`."""
     from safetensors.torch import load_file
 
     data = load_file(Path(out_dir) / LATENTS_FILE)
-    return data["track_ids"].tolist(), data["latents"]
+    return data["track_ids"].tolist(), data["mean"], data["std"]

@@ -1,7 +1,7 @@
 """Train the Image Aligner through the frozen prior: ε-MSE (or the scheduler's target) on cached
 image embeddings and cached latents; nothing is re-encoded.
 
-Every random draw of step `s` (batch, noise, timesteps) comes from a generator seeded by
+Every random draw of step `s` (batch, posterior sample, noise, timesteps) comes from a generator seeded by
 (seed, s), so a run resumed from a checkpoint reaches exactly the weights of an uninterrupted one.
 Data parallel through accelerate: each process takes its slice of the step's global batch.
 """
@@ -36,14 +36,21 @@ STATE_FILE = "training_state.pt"
 
 @dataclass
 class AlignerData:
-    """Training pairs: frozen image embeddings and the latents of their tracks' crops."""
+    """Training pairs: frozen image embeddings and the latent posteriors of their tracks' crops.
+
+    A step trains on `latents + latent_std * noise` (the noise from the step's generator): a sample of
+    the codec's posterior, as AudioLDM2 trained. No std (or zeros) trains on the means as they are.
+    """
 
     image_embeds: torch.Tensor  # [N, D]
-    latents: torch.Tensor  # [N, C, H, W]
+    latents: torch.Tensor  # [N, C, H, W]: posterior means
+    latent_std: torch.Tensor | None = None  # [N, C, H, W]
 
     def __post_init__(self) -> None:
         if len(self.image_embeds) != len(self.latents):
             raise ValueError("image embeddings and latents must pair up one to one")
+        if self.latent_std is not None and self.latent_std.shape != self.latents.shape:
+            raise ValueError("latent stds must have the latents' shape")
 
 
 @dataclass
@@ -58,6 +65,14 @@ class TrainResult:
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The generator for one optimisation step: independent of how many steps ran before."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def sample_posterior(mean: torch.Tensor, std: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+    """`mean + std * noise`, the noise drawn on the CPU from `generator` (the same on any device)."""
+    if std is None:
+        return mean
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    return mean + std * noise.to(mean.device)
 
 
 def lr_multiplier(step: int, params: TrainParams) -> float:
@@ -192,6 +207,7 @@ def train_aligner(
     aligner, optimizer = accelerator.prepare(aligner, optimizer)
     image_embeds = data.image_embeds.to(accelerator.device)
     latents = data.latents.to(accelerator.device)
+    latent_std = data.latent_std.to(accelerator.device) if data.latent_std is not None else None
     rank, world = accelerator.process_index, accelerator.num_processes
     micro = params.batch_size // params.grad_accum
     if micro % world:
@@ -201,13 +217,18 @@ def train_aligner(
     for step in bar:
         generator = step_generator(params.seed, step)
         indices = torch.randint(len(latents), (params.batch_size,), generator=generator)
+        on_device = indices.to(accelerator.device)
+        # One posterior sample per batch item, for the whole step's batch on every process (so each
+        # process's slice is the same sample whatever the world size).
+        batch_latents = sample_posterior(latents[on_device],
+                                         latent_std[on_device] if latent_std is not None else None, generator)
         step_loss = 0.0
         for part in range(params.grad_accum):
-            chunk = indices[part * micro: (part + 1) * micro][rank::world].to(accelerator.device)
+            chunk = torch.arange(part * micro, (part + 1) * micro)[rank::world].to(accelerator.device)
             # Every process draws the full step's noise stream, then uses its own slice of it.
             part_generator = step_generator(params.seed, step * 1000 + part + 1)
             with accelerator.autocast():
-                loss = aligner_loss(aligner, backbone, image_embeds[chunk], latents[chunk],
+                loss = aligner_loss(aligner, backbone, image_embeds[on_device][chunk], batch_latents[chunk],
                                     _sliced(part_generator, micro, rank, world), params.min_snr_gamma)
             if part < params.grad_accum - 1:
                 with accelerator.no_sync(aligner):
