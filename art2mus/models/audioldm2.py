@@ -5,6 +5,9 @@ encoders run once, on the EMPTY prompt: its T5 embedding is the constant second 
 GPT-2 LOA is the null conditioning when `null_conditioning` is `empty_prompt` (the default, `zeros`,
 is what AudioLDM2 trained its unconditional LOA as). No language about the image enters the model.
 
+The text encoders run once, in the `prior` stage (`empty_prompt_streams`, saved beside the reference);
+every later load reads only the UNet, GPT-2, VAE, HiFi-GAN and scheduler (`load_kept_parts`).
+
 The real checkpoint has two quirks the loader undoes: its `model_index.json` declares the language
 model as `GPT2Model`, which has no `_update_model_kwargs_for_generation` (diffusers' generation needs
 `GPT2LMHeadModel`: it is loaded explicitly from the `language_model` folder, same weights), and the
@@ -146,27 +149,59 @@ def default_frames(sample_rate: int, hop_length: int, scale_factor: int) -> int:
     return math.ceil(frames / scale_factor) * scale_factor
 
 
+STREAMS_FILE = "conditioning.safetensors"  # the empty prompt's streams, computed once by the `prior` stage
+KEPT_PARTS = ("unet", "vae", "vocoder", "scheduler")  # with the language model: what a backbone holds
+
+
 @torch.no_grad()
-def empty_prompt_streams(pipe, device: torch.device, max_new_tokens: int) -> tuple[torch.Tensor, ...]:
-    """(T5 embedding, T5 mask, GPT-2 LOA) of the empty prompt: [1, 1, 1024], [[1]], [1, 8, 768] for the real one."""
+def empty_prompt_streams(source: str, revision: str, max_new_tokens: int,
+                         device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """T5 embedding, T5 mask and GPT-2 LOA of the empty prompt ([1, 1, 1024], [[1]], [1, 8, 768] for the real
+    one), through the whole pipeline: the only time the text encoders (CLAP, T5: 2 GB) are loaded."""
+    device = resolve_device(device)
+    pipe = load_pipeline(source, revision)
+    pipe.to(device)
     t5_embeds, t5_mask, loa = pipe.encode_prompt("", device, num_waveforms_per_prompt=1,
                                                  do_classifier_free_guidance=False, max_new_tokens=max_new_tokens)
-    return t5_embeds.detach(), t5_mask.detach(), loa.detach()
+    return {"t5_embeds": t5_embeds.cpu().contiguous(), "t5_mask": t5_mask.cpu().contiguous(),
+            "empty_loa": loa.cpu().contiguous()}
+
+
+def load_kept_parts(source: str, revision: str, dtype: torch.dtype = torch.float32) -> dict[str, object]:
+    """UNet, GPT-2 (with its head), VAE, HiFi-GAN and scheduler, each from its subfolder: no text encoders."""
+    from diffusers import AutoencoderKL, DDIMScheduler
+    from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
+    from transformers import SpeechT5HifiGan
+
+    where, kwargs = location(source, revision)
+    try:
+        with quiet_loading():
+            return {
+                "unet": AudioLDM2UNet2DConditionModel.from_pretrained(where, subfolder="unet", dtype=dtype,
+                                                                      **kwargs),
+                "vae": AutoencoderKL.from_pretrained(where, subfolder="vae", dtype=dtype, **kwargs),
+                "vocoder": SpeechT5HifiGan.from_pretrained(where, subfolder="vocoder", dtype=dtype, **kwargs),
+                "scheduler": DDIMScheduler.from_pretrained(where, subfolder="scheduler", **kwargs),
+                "language_model": load_language_model(source, revision, dtype),
+            }
+    except (OSError, ValueError) as error:
+        raise load_error(source, revision, error) from None
 
 
 def load_audioldm2_backbone(source: str, revision: str, max_new_tokens: int, null_conditioning: str = "zeros",
                             device: str | torch.device = "cpu", identity: str | None = None,
+                            streams: dict[str, torch.Tensor] | None = None,
                             dtype: torch.dtype = torch.float32) -> Backbone:
     """cvssp/audioldm2-music (hub id or local path) as a frozen Backbone on `device`, in `dtype` (float32
-    unless chosen), conditioned only by the empty prompt."""
+    unless chosen), conditioned only by the empty prompt (`streams`: computed here when not given)."""
     if null_conditioning not in NULL_CONDITIONINGS:
         raise BackboneError(f"backbone.null_conditioning: {null_conditioning!r} is not one of {NULL_CONDITIONINGS}")
     device = resolve_device(device)
-    pipe = load_pipeline(source, revision, dtype)
-    pipe.to(device)
-    t5_embeds, t5_mask, empty_loa = empty_prompt_streams(pipe, device, max_new_tokens)
+    streams = streams or empty_prompt_streams(source, revision, max_new_tokens, device)
+    parts = load_kept_parts(source, revision, dtype)
+    empty_loa = streams["empty_loa"].to(dtype)
     null_loa = torch.zeros_like(empty_loa) if null_conditioning == "zeros" else empty_loa
-    vocoder, vae = pipe.vocoder, pipe.vae
+    vocoder, vae = parts["vocoder"], parts["vae"]
     codec = LatentCodecAdapter(vae)
     sample_rate = int(vocoder.config.sampling_rate)
     n_mels = int(vocoder.config.model_in_dim)
@@ -175,12 +210,11 @@ def load_audioldm2_backbone(source: str, revision: str, max_new_tokens: int, nul
     frames = default_frames(sample_rate, hop_length, scale)
     latent_shape = [int(vae.config.latent_channels), frames // scale, n_mels // scale]
     backbone = Backbone(
-        unet=pipe.unet, language_model=pipe.language_model, scheduler=pipe.scheduler, codec=codec,
-        vocoder=vocoder, t5_embeds=t5_embeds, t5_mask=t5_mask, null_loa=null_loa,
+        unet=parts["unet"], language_model=parts["language_model"], scheduler=parts["scheduler"], codec=codec,
+        vocoder=vocoder, t5_embeds=streams["t5_embeds"].to(dtype), t5_mask=streams["t5_mask"], null_loa=null_loa,
         info={"profile": PROFILE, "source": source, "revision": revision, "max_new_tokens": max_new_tokens,
               "null_conditioning": null_conditioning, "identity": identity or f"{source}@{revision}",
               "sample_rate": sample_rate, "n_mels": n_mels, "hop_length": hop_length, "crop_frames": frames,
               "latent_shape": latent_shape, "vae_scale_factor": scale, "dtype": str(dtype).removeprefix("torch.")},
     )
-    del pipe  # the text encoders (CLAP, T5: 2 GB) are not kept
-    return backbone.eval()
+    return backbone.eval().to(device)

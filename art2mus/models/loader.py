@@ -25,11 +25,32 @@ def source_identity(source: str, revision: str) -> str:
 
 
 def write_backbone_reference(params: BackboneParams, path: str | Path) -> None:
-    """The real profile's `prior` output: which AudioLDM2 to load and how (no weights are copied)."""
+    """The real profile's `prior` output: which AudioLDM2 to load and how (no weights are copied), and the
+    empty prompt's conditioning streams, computed here once so later loads need no text encoders."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
     info = {"profile": params.profile, "source": params.source, "revision": params.revision,
             "max_new_tokens": params.max_new_tokens, "null_conditioning": params.null_conditioning,
             "identity": source_identity(params.source, params.revision)}
-    write_json_atomic(info, Path(path) / BACKBONE_FILE)
+    streams = audioldm2.empty_prompt_streams(params.source, params.revision, params.max_new_tokens, params.device)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(streams, path / audioldm2.STREAMS_FILE)
+    write_json_atomic(info, path / BACKBONE_FILE)
+
+
+def read_streams(path: Path) -> dict[str, torch.Tensor] | None:
+    """The empty prompt's streams saved beside a reference (None: an older reference; they are recomputed)."""
+    from safetensors.torch import load_file
+
+    file = path / audioldm2.STREAMS_FILE
+    if not file.is_file():
+        return None
+    try:
+        return load_file(file)
+    except Exception as error:  # safetensors raises its own SafetensorError (and OSError) for a damaged file
+        raise BackboneError(f"{file}: unreadable ({error}); re-run the prior stage (art2mus repro prior --force)") \
+            from None
 
 
 def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> Backbone:
@@ -44,4 +65,4 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> Backb
         raise BackboneError(f"{path / BACKBONE_FILE}: unknown backbone profile {info.get('profile')!r}")
     return audioldm2.load_audioldm2_backbone(
         info["source"], info["revision"], int(info["max_new_tokens"]), info.get("null_conditioning", "zeros"),
-        device=device, identity=info.get("identity"))
+        device=device, identity=info.get("identity"), streams=read_streams(path))

@@ -152,6 +152,24 @@ def test_the_reference_pins_the_hub_revision_and_hashes_a_local_folder(checkpoin
                                             max_new_tokens=MAX_NEW_TOKENS), tmp_path / "prior")
     recorded = json.loads((tmp_path / "prior" / "backbone.json").read_text())
     assert recorded["identity"] == f"local@{sha256_tree(checkpoint)}" and recorded["null_conditioning"] == "zeros"
-    backbone = load_backbone(tmp_path / "prior")
-    assert backbone.info["identity"] == recorded["identity"] and backbone.info["source"] == str(checkpoint)
-    assert isinstance(backbone.codec, LatentCodecAdapter)
+    assert (tmp_path / "prior" / "conditioning.safetensors").is_file()
+
+
+def test_the_text_encoders_run_once_in_the_prior_stage(checkpoint: Path, backbone: Backbone, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    write_backbone_reference(BackboneParams(profile="audioldm2", source=str(checkpoint),
+                                            max_new_tokens=MAX_NEW_TOKENS), tmp_path / "prior")
+
+    def no_text_encoders(*args, **kwargs):
+        raise AssertionError("a later load must not run CLAP and T5 again")
+
+    monkeypatch.setattr("art2mus.models.audioldm2.empty_prompt_streams", no_text_encoders)
+    loaded = load_backbone(tmp_path / "prior")
+    assert loaded.info["source"] == str(checkpoint) and isinstance(loaded.codec, LatentCodecAdapter)
+    assert torch.equal(loaded.t5_embeds, backbone.t5_embeds) and torch.equal(loaded.null_loa, backbone.null_loa)
+    for mine, theirs in [(loaded.unet, backbone.unet), (loaded.language_model, backbone.language_model)]:
+        for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
+            assert torch.equal(a, b), name
+    (tmp_path / "prior" / "conditioning.safetensors").write_bytes(b"\x00" * 7)
+    with pytest.raises(BackboneError, match=r"conditioning\.safetensors: unreadable.*prior"):
+        load_backbone(tmp_path / "prior")
