@@ -312,7 +312,10 @@ class EvaluateParams(Section):
     fad_embedder: FadEmbedderSpec = FadEmbedderSpec()
     fad_resamples: int = Field(200, ge=0)
     score_embedder: EncoderSpec = EncoderSpec(name="tiny")  # ImageBindScore's audio side (imagebind: AM too)
-    planted_tracks: int = Field(160, ge=8)  # train tracks the sample's planted-factor estimator learns from
+    planted_tracks: int = Field(160, ge=0)  # train tracks the sample's planted-factor estimator learns from; 0 = off
+    # Which conditionings generate music (the model always; mean and untrained are its baselines).
+    generate: list[Literal["trained", "mean", "untrained"]] = Field(
+        default_factory=lambda: ["trained", "mean", "untrained"], min_length=1)
     tagger: str = ""  # an ASTForAudioClassification (local path or hub id) for the KL; "" = KL absent
     threads: int = Field(2, ge=1)
     # The text-conditioned AudioLDM2 on metadata captions (row `text_captions`): auto = when the backbone
@@ -323,6 +326,10 @@ class EvaluateParams(Section):
     @model_validator(mode="after")
     def _caption_template_is_valid(self) -> "EvaluateParams":
         template_parts(self.caption_template)
+        if "trained" not in self.generate:
+            raise ValueError("generate must include trained (the model itself)")
+        if 0 < self.planted_tracks < 8:
+            raise ValueError(f"planted_tracks: {self.planted_tracks} is too few for the estimator (0 = off, or >= 8)")
         return self
 
 

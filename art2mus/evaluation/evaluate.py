@@ -267,9 +267,9 @@ def evaluate_model(pipeline: Art2MusPipeline, data: SplitData, params: Params, o
         untrained_seeds=tuple(config.untrained_seeds))
     generation = GenerationConfig(scheduler=config.scheduler, steps=config.steps, guidance_scale=config.guidance_scale,
                                   seconds=config.seconds, seed=config.seed, batch_size=config.batch_size)
-    logger.info("evaluate: generating %d clips for each of %s", n, ", ".join(GENERATING))
+    logger.info("evaluate: generating %d clips for each of %s", n, ", ".join(config.generate))
     tokens = baseline_tokens(pipeline.aligner, embeds, config.untrained_seeds[0])
-    generated = {name: pipeline.render(tokens[name], generation) for name in GENERATING}
+    generated = {name: pipeline.render(tokens[name], generation) for name in GENERATING if name in config.generate}
     caption_waves, captions = caption_baseline(pipeline, pairs, config, generation)
     if caption_waves is not None:
         generated[CAPTION_BASELINE] = caption_waves
@@ -281,7 +281,7 @@ def evaluate_model(pipeline: Art2MusPipeline, data: SplitData, params: Params, o
                        for name, waves in generated.items()},
         "caption_baseline": captions,
     }
-    if planted is not None:
+    if planted is not None and config.planted_tracks > 0:
         chosen = np.sort(np.random.default_rng(config.seed).permutation(len(planted.train.track_paths))
                          [: config.planted_tracks])
         estimator = fit_factor_estimator([planted.train.track_paths[i] for i in chosen],

@@ -112,3 +112,12 @@ def test_every_stage_whose_resolved_params_depend_on_the_profile_lists_it_in_dvc
             needing.add(name)
             assert "backbone.profile" in keys or "backbone" in keys, f"stage {name} must list backbone.profile"
     assert {"sample", "ingest", "features", "latents", "train", "evaluate"} <= needing
+
+
+def test_evaluation_rows_and_the_planted_estimator_can_be_narrowed() -> None:
+    narrowed = parse_params({"evaluate": {"generate": ["trained"], "planted_tracks": 0}}).evaluate
+    assert narrowed.generate == ["trained"] and narrowed.planted_tracks == 0
+    with pytest.raises(ConfigError, match="generate must include trained"):
+        parse_params({"evaluate": {"generate": ["mean"]}})
+    with pytest.raises(ConfigError, match="planted_tracks"):
+        parse_params({"evaluate": {"planted_tracks": 3}})
