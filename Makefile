@@ -79,3 +79,8 @@ bench: setup
 
 clean:
 	rm -rf data mlflow.db mlartifacts .prefect .dvcstore bench/results
+
+# The rehearsal's model part: the real stack built at full size from configs (random weights), its costs
+# measured into reports/rehearsal/ (CPU: ~15-20 min; CUDA: also the batch fit under a capped allocator).
+rehearse-model: setup
+	$(BIN)/python -m art2mus.rehearsal.model_part --size real --out reports/rehearsal
