@@ -103,7 +103,8 @@ def main(resume: bool = True) -> None:
                   "backbone": {k: v for k, v in backbone.info.items() if k != "tiny"},
                   "image_encoder_id": encoder_id, "train_pairs": len(data.latents), "steps": config.steps,
                   "final_loss": result.losses[-1][1], "seconds": result.seconds, "resumed_from": result.resumed_from,
-                  "world_size": result.world_size}
+                  "world_size": result.world_size, "mixed_precision": result.precision,
+                  "gradient_checkpointing": config.gradient_checkpointing}
         with atomic_path(MODEL_DIR) as tmp:
             save_model(tmp, result.aligner, params.prior.out_dir, params.features.image_encoder, record)
         write_json_atomic(record, RECORD)

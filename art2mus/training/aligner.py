@@ -4,6 +4,9 @@ image embeddings and cached latents; nothing is re-encoded.
 Every random draw of step `s` (batch, posterior sample, noise, timesteps) comes from a generator seeded by
 (seed, s), so a run resumed from a checkpoint reaches exactly the weights of an uninterrupted one.
 Data parallel through accelerate: each process takes its slice of the step's global batch.
+Memory: micro-batches of `params.micro_batch` with gradient accumulation (the same loss and gradient
+as the whole batch), optional gradient checkpointing of the frozen UNet, and on CUDA mixed precision
+(bf16 where the GPU has it natively, else fp16 with a gradient scaler); the CPU trains in float32.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class TrainResult:
     seconds: float
     resumed_from: int  # 0 when started fresh
     world_size: int  # data-parallel processes that trained it
+    precision: str = "no"  # mixed precision: no (float32) | bf16 | fp16 (with a gradient scaler)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -73,6 +77,14 @@ def sample_posterior(mean: torch.Tensor, std: torch.Tensor | None, generator: to
         return mean
     noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
     return mean + std * noise.to(mean.device)
+
+
+def mixed_precision(cuda: bool) -> str:
+    """bf16 autocast on a GPU with native bf16 (emulated bf16 is slow), fp16 + GradScaler on older
+    GPUs, none on the CPU."""
+    if not cuda:
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
 def lr_multiplier(step: int, params: TrainParams) -> float:
@@ -174,9 +186,17 @@ def train_aligner(
 
     torch.set_num_threads(params.threads)
     cuda = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    precision = mixed_precision(cuda)
+    # fp16: accelerate scales the loss in backward, unscales in clip_grad_norm_ and steps through its
+    # GradScaler (a step with inf/nan gradients is skipped).
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=precision)
+    if accelerator.is_main_process:
+        logger.info("train: %s, mixed precision %s, micro-batch %d x %d accumulation, gradient checkpointing %s",
+                    accelerator.device, precision, params.micro_batch, params.grad_accum,
+                    "on" if params.gradient_checkpointing else "off")
     started = time.perf_counter()
     backbone.eval().to(accelerator.device)
+    backbone.set_gradient_checkpointing(params.gradient_checkpointing)
     aligner = new_aligner(data.image_embeds.shape[1], backbone.lm_width, params)
     optimizer = torch.optim.AdamW(aligner.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, params))
@@ -209,7 +229,7 @@ def train_aligner(
     latents = data.latents.to(accelerator.device)
     latent_std = data.latent_std.to(accelerator.device) if data.latent_std is not None else None
     rank, world = accelerator.process_index, accelerator.num_processes
-    micro = params.batch_size // params.grad_accum
+    micro = params.micro_batch
     if micro % world:
         raise ValueError(f"batch_size/grad_accum ({micro}) must divide by the number of processes ({world})")
 
@@ -238,7 +258,8 @@ def train_aligner(
             step_loss += loss.detach().item() / params.grad_accum
         accelerator.clip_grad_norm_(aligner.parameters(), params.grad_clip)
         optimizer.step()
-        schedule.step()
+        if not accelerator.optimizer_step_was_skipped:  # fp16: the scaler skipped a step with inf gradients
+            schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append((step, step_loss))
         if log_loss is not None and rank == 0:
@@ -251,7 +272,7 @@ def train_aligner(
         accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
     return TrainResult(aligner=accelerator.unwrap_model(aligner).eval(), losses=losses, seconds=seconds,
-                       resumed_from=first_step, world_size=world)
+                       resumed_from=first_step, world_size=world, precision=precision)
 
 
 def _sliced(generator: torch.Generator, micro: int, rank: int, world: int) -> torch.Generator:

@@ -131,6 +131,7 @@ def test_a_short_training_run_lowers_the_loss(backbone, tmp_path: Path) -> None:
     before = fixed_batch_loss(new_aligner(16, backbone.lm_width, params), backbone, data)
     result = train_aligner(data, backbone, params, tmp_path, quiet=True)
     assert fixed_batch_loss(result.aligner, backbone, data) < before
+    assert result.precision == "no"  # float32 on the CPU
 
 
 def test_resume_after_interruption_reaches_the_same_weights(backbone, tmp_path: Path) -> None:
@@ -159,3 +160,84 @@ def test_checkpoints_of_another_configuration_are_not_resumed(backbone, tmp_path
     result = train_aligner(data, backbone, SMOKE.model_copy(update={"steps": 10}), tmp_path, resume=True,
                            quiet=True, fingerprint="new")
     assert result.resumed_from == 0
+
+
+def forward_counter(module: torch.nn.Module) -> list[int]:
+    """How often `module` starts forward (a checkpointed block starts again in backward; a pre-hook,
+    since torch's non-reentrant checkpoint stops recomputing early, before post-forward hooks)."""
+    calls = [0]
+    module.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_gradient_checkpointing_leaves_loss_and_gradients_bit_identical_on_the_cpu(backbone) -> None:
+    data = synthetic_data(backbone, n=4)
+    calls = forward_counter(backbone.unet.mid_block.resnets[-1])  # checkpointed one by one
+
+    def loss_and_grads(checkpointing: bool) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        torch.manual_seed(0)
+        aligner = ImageAligner(image_dim=16, lm_width=backbone.lm_width)
+        backbone.set_gradient_checkpointing(checkpointing)
+        calls[0] = 0
+        try:
+            loss = aligner_loss(aligner, backbone, data.image_embeds, data.latents, torch.Generator().manual_seed(0),
+                                None)
+            loss.backward()
+        finally:
+            backbone.set_gradient_checkpointing(False)
+        return loss.detach(), [p.grad for p in aligner.parameters()], calls[0]
+
+    plain_loss, plain_grads, plain_calls = loss_and_grads(False)
+    loss, grads, checkpointed_calls = loss_and_grads(True)
+    assert (plain_calls, checkpointed_calls) == (1, 2)  # the frozen UNet's resnet was recomputed in backward
+    assert torch.equal(loss, plain_loss)
+    assert all(torch.equal(a, b) for a, b in zip(grads, plain_grads))
+
+
+def test_diffusers_checkpointed_audioldm2_blocks_break_with_a_t5_mask_and_are_exact_without_one() -> None:
+    """diffusers 0.42's AudioLDM2 blocks shift their arguments under gradient checkpointing when
+    `encoder_attention_mask_1` is given; `Backbone.predict` passes None (its T5 mask is all ones)."""
+    from art2mus.models.tiny import tiny_unet
+
+    torch.manual_seed(0)
+    unet = tiny_unet(BackboneParams().tiny, latent_channels=8).eval()
+    generator = torch.Generator().manual_seed(0)
+    latents, timesteps = torch.randn(2, 8, 16, 8, generator=generator), torch.tensor([10, 500])
+    loa, t5 = torch.randn(2, 8, 32, generator=generator), torch.randn(2, 1, 32, generator=generator)
+    calls = forward_counter(unet.mid_block.resnets[-1])
+
+    def run(checkpointing: bool, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        (unet.enable_gradient_checkpointing if checkpointing else unet.disable_gradient_checkpointing)()
+        unet.zero_grad(set_to_none=True)
+        conditioning = loa.clone().requires_grad_(True)
+        out = unet(latents, timesteps, encoder_hidden_states=conditioning, encoder_hidden_states_1=t5,
+                   encoder_attention_mask_1=mask).sample
+        loss = out.pow(2).mean()
+        loss.backward()
+        return loss.detach(), conditioning.grad, [p.grad for p in unet.parameters()]
+
+    ones = torch.ones(2, 1)
+    reference = run(False, ones)
+    try:
+        shifted = run(True, ones)
+    except RuntimeError:  # what 0.42.1 does: the T5 mask lands where the self-attention mask goes
+        pass
+    else:
+        assert not torch.equal(shifted[0], reference[0]), "diffusers fixed its checkpointed AudioLDM2 blocks"
+    calls[0] = 0
+    loss, grad, param_grads = run(True, None)
+    assert calls[0] == 2  # checkpointed: the mid block's resnet ran again in backward
+    assert torch.equal(loss, reference[0]) and torch.equal(grad, reference[1])
+    assert all(torch.equal(a, b) for a, b in zip(param_grads, reference[2]))
+
+
+def test_mixed_precision_is_bf16_only_on_native_bf16_gpus(monkeypatch) -> None:
+    from art2mus.training.aligner import mixed_precision
+
+    assert mixed_precision(cuda=False) == "no"
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: calls.append(
+        including_emulation) or False)
+    assert mixed_precision(cuda=True) == "fp16" and calls == [False]  # emulated bf16 does not count
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert mixed_precision(cuda=True) == "bf16"
