@@ -146,6 +146,8 @@ def quiet_libraries() -> Iterator[None]:
     levels = transformers.logging.get_verbosity(), diffusers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     diffusers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # "Writing model shards" / "Loading weights" bars
+    diffusers.logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -153,6 +155,8 @@ def quiet_libraries() -> Iterator[None]:
     finally:
         transformers.logging.set_verbosity(levels[0])
         diffusers.logging.set_verbosity(levels[1])
+        transformers.logging.enable_progress_bar()
+        diffusers.logging.enable_progress_bar()
 
 
 def save_module(module: torch.nn.Module, folder: Path, store_dtype: torch.dtype) -> None:
