@@ -121,3 +121,21 @@ def test_evaluation_rows_and_the_planted_estimator_can_be_narrowed() -> None:
         parse_params({"evaluate": {"generate": ["mean"]}})
     with pytest.raises(ConfigError, match="planted_tracks"):
         parse_params({"evaluate": {"planted_tracks": 3}})
+
+
+def test_the_readme_shows_every_profile_dependent_key_with_both_values() -> None:
+    from art2mus.config import PROFILE_DEFAULTS
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## The real profile"):readme.index("## Evaluation")]
+    for dotted in PROFILE_DEFAULTS["tiny"]:
+        assert dotted.split(".")[-1] in table, f"README's profile table lacks {dotted}"
+    for profile in PROFILE_DEFAULTS.values():
+        for value in profile.values():
+            if isinstance(value, bool):
+                shown = str(value).lower()
+            elif isinstance(value, int):
+                shown = f"{value:,}"
+            else:
+                shown = f"{value:g}" if isinstance(value, float) else str(value)
+            assert shown in table or str(value) in table, f"README's profile table lacks the value {value} ({shown})"
