@@ -60,6 +60,16 @@ def looks_like_path(text: str) -> bool:
     return 0 < len(text) < 4096 and "\n" not in text and bool(PATH_PATTERN.search(text))
 
 
+# The first bytes of the image formats Pillow reads most: data that starts like this is an image
+# (perhaps a truncated one), never a path, even when its base64 text starts with "/" (JPEG: "/9j/").
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+                    b"RIFF", b"\x00\x00\x00\x0cjP  ")
+
+
+def starts_like_an_image(data: bytes) -> bool:
+    return data.startswith(IMAGE_SIGNATURES)
+
+
 def path_error(text: str) -> InvalidRequest:
     shown = text if len(text) <= 80 else text[:77] + "..."
     return InvalidRequest(f"image: {shown!r} looks like a file path; send the image's bytes instead "
@@ -95,9 +105,11 @@ def decode_image(value: Any):
             image.load()
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        # A path sent as text can survive lenient base64 decoding as garbage bytes; say what it was.
+        # A path sent as text can survive base64 decoding as garbage bytes ("/abcdefghijk"); say what it
+        # was, unless the bytes start like an image: then it is an image that cannot be decoded
+        # (truncated, corrupt), whatever its base64 text looks like.
         text = value if isinstance(value, str) else data[:4096].decode("utf-8", errors="replace")
-        if looks_like_path(text):
+        if not starts_like_an_image(data) and looks_like_path(text):
             raise path_error(text) from None
         detail = "" if isinstance(error, UnidentifiedImageError) else f" ({error})"
         raise InvalidRequest(f"image: not a decodable image{detail}") from None

@@ -49,6 +49,19 @@ def test_a_jpeg_whose_base64_starts_with_a_slash_is_an_image_not_a_path() -> Non
     assert decode_image(text).size == (30, 20)
 
 
+@pytest.mark.parametrize("cut", [4, 40, 0.5, -10])
+@pytest.mark.parametrize("as_text", [True, False])
+def test_a_truncated_jpeg_is_a_truncated_image_not_a_path(cut, as_text) -> None:
+    jpeg = encoded(PICTURE, "JPEG")
+    data = jpeg[:int(len(jpeg) * cut) if isinstance(cut, float) else cut]
+    value = base64.b64encode(data).decode() if as_text else data
+    assert not as_text or value.startswith("/9j/")
+    with pytest.raises(InvalidRequest) as error:
+        decode_image(value)
+    assert "not a decodable image" in error.value.message and "file path" not in error.value.message
+    assert error.value.get_http_status_code() == 400
+
+
 @pytest.mark.parametrize("value", ["/etc/passwd", "./art.jpg", "../data/x", "painting.JPG", "C:\\images\\a.png",
                                    "file:///srv/a.png", "~/a.png", "/abcdefghijk", b"/etc/passwd"])
 def test_anything_that_looks_like_a_path_is_refused_with_a_400(value) -> None:
