@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from art2mus.config import load_params
-from art2mus.data.latents import LATENTS_FILE, load_latents
+from art2mus.data.latents import INDEX_FILE, LatentPosteriors, load_latent_index
 from art2mus.data.schema import SPLITS_TABLE
 from art2mus.env import project_root
 from art2mus.errors import Art2MusError
@@ -32,7 +32,7 @@ from art2mus.stage import run_stage
 from art2mus.tracking import stage_run
 from art2mus.tracking.lineage import record_training_lineage
 from art2mus.tracking.runs import process_rank
-from art2mus.training.aligner import AlignerData, train_aligner, weights_sha256
+from art2mus.training.aligner import StreamedPairs, train_aligner, weights_sha256
 
 RECORD = Path("models/train_record.json")
 MODEL_DIR = Path("models/art2mus")  # the packaged model: aligner + prior + encoder spec
@@ -40,29 +40,29 @@ LOSS_PLOT = Path("models/plots/train_loss.csv")
 
 
 def gather_pairs(pairs: pd.DataFrame, image_ids: list[str], image_matrix: torch.Tensor,
-                 track_ids: list[int], latents: torch.Tensor, latent_std: torch.Tensor) -> AlignerData:
-    """Rows of the cached image embeddings and latents for each pair, in the pairs' order."""
+                 latent_index: pd.DataFrame, latents_dir: Path) -> tuple[StreamedPairs, pd.DataFrame]:
+    """Each pair's image embedding (in memory) and cached latent posterior (read lazily from the
+    shards), in the pairs' order; with the index rows of those latents."""
     image_row = {artwork_id: i for i, artwork_id in enumerate(image_ids)}
-    latent_row = {track_id: i for i, track_id in enumerate(track_ids)}
+    latent_row = {int(track_id): i for i, track_id in enumerate(latent_index["track_id"])}
     usable = pairs[pairs["artwork_id"].isin(image_row) & pairs["track_id"].isin(latent_row)]
     if len(usable) < len(pairs):
         missing = pairs.loc[~pairs.index.isin(usable.index), "artwork_id"].head(3).tolist()
         raise Art2MusError(f"{len(pairs) - len(usable)} pair(s) lack cached features or latents, e.g. {missing} "
                            "(re-run the features and latents stages)")
-    return AlignerData(
-        image_embeds=image_matrix[[image_row[a] for a in usable["artwork_id"]]].float(),
-        latents=latents[[latent_row[t] for t in usable["track_id"]]].float(),
-        latent_std=latent_std[[latent_row[t] for t in usable["track_id"]]].float(),
-    )
+    rows = latent_index.iloc[[latent_row[int(t)] for t in usable["track_id"]]].reset_index(drop=True)
+    image_embeds = image_matrix[[image_row[a] for a in usable["artwork_id"]]].float()
+    return StreamedPairs(image_embeds, LatentPosteriors.from_index(latents_dir, rows)), rows
 
 
-def data_fingerprint(params_json: dict, encoder_id: str, prior_id: str, data: AlignerData) -> str:
-    """What a checkpoint must match to be resumed: params, encoder, prior and the exact tensors."""
+def data_fingerprint(params_json: dict, encoder_id: str, prior_id: str, data: StreamedPairs,
+                     latent_rows: pd.DataFrame) -> str:
+    """What a checkpoint must match to be resumed: params, encoder, prior, the image embeddings (small,
+    in memory) and the latents' content hashes from the index, in the pairs' order (never their bytes)."""
     digest = hashlib.sha256(json.dumps({"params": params_json, "encoder": encoder_id, "prior": prior_id},
                                        sort_keys=True).encode())
     digest.update(data.image_embeds.numpy().tobytes())
-    digest.update(data.latents.numpy().tobytes())
-    digest.update(data.latent_std.numpy().tobytes())
+    digest.update("\n".join(latent_rows["sha256"]).encode())
     return digest.hexdigest()
 
 
@@ -82,14 +82,14 @@ def main(resume: bool = True) -> None:
         backbone = load_backbone(params.prior.out_dir)
         splits = read_table(SPLITS_TABLE)
         image_ids, image_matrix, encoder_id, _ = load_embeddings(Path(params.features.out_dir), "image")
-        track_ids, latents, latent_std = load_latents(Path(params.latents.out_dir))
-        data = gather_pairs(splits[splits["split"] == "train"], image_ids, image_matrix, track_ids, latents,
-                            latent_std)
+        latents_dir = Path(params.latents.out_dir)
+        data, latent_rows = gather_pairs(splits[splits["split"] == "train"], image_ids, image_matrix,
+                                         load_latent_index(latents_dir), latents_dir)
         prior_id = backbone.info["identity"]
-        fingerprint = data_fingerprint(config.model_dump(mode="json"), encoder_id, prior_id, data)
+        fingerprint = data_fingerprint(config.model_dump(mode="json"), encoder_id, prior_id, data, latent_rows)
         record_training_lineage(run, project_root(), [  # the data read above, as dvc.yaml's train deps name it
             params.prior.out_dir, f"{params.features.out_dir}/{EMBEDDING_FILES['image']}",
-            f"{params.latents.out_dir}/{LATENTS_FILE}", SPLITS_TABLE])
+            f"{params.latents.out_dir}/{INDEX_FILE}", SPLITS_TABLE])
         result = train_aligner(data, backbone, config, out, resume=resume, fingerprint=fingerprint,
                                log_loss=lambda step, loss: run.log_metrics({"train_loss": loss}, step=step))
         if not main_process:
@@ -101,7 +101,7 @@ def main(resume: bool = True) -> None:
         digest = weights_sha256(result.aligner)
         record = {"mlflow_run_id": run.run_id, "weights_sha256": digest, "prior": prior_id,
                   "backbone": {k: v for k, v in backbone.info.items() if k != "tiny"},
-                  "image_encoder_id": encoder_id, "train_pairs": len(data.latents), "steps": config.steps,
+                  "image_encoder_id": encoder_id, "train_pairs": len(data), "steps": config.steps,
                   "final_loss": result.losses[-1][1], "seconds": result.seconds, "resumed_from": result.resumed_from,
                   "world_size": result.world_size, "mixed_precision": result.precision,
                   "gradient_checkpointing": config.gradient_checkpointing}

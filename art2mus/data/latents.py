@@ -1,8 +1,10 @@
 """Latents of each paired track's crop (the codec/VAE of the prior), cached by content hash.
 
-One small safetensors file per (track content, codec, crop) key under `cache/`, so a new track
-costs one track's work and a changed codec or crop recomputes everything; `latents.safetensors`
-gathers the current tracks' latents for training. Each track keeps the scaled posterior's mean and
+Latents live in safetensors shards under `cache/` (up to SHARD_ROWS tracks each, every row named by
+its (track content, codec, crop) key in the shard's header), so a new track costs one track's work
+and a changed codec or crop recomputes everything. The stage's output is an index
+(`latents_index.parquet`: track -> shard, row, content hash); training reads one row at a time from
+memory-mapped shards, so ArtSound's 105,884 latents never sit in RAM at once. Each track keeps the scaled posterior's mean and
 std (`codec.encode_distribution`): training draws `mean + std * noise` per step, as AudioLDM2 trains
 on `latent_dist.sample() * scaling_factor`; evaluation encodes with `codec.encode` (the mean).
 """
@@ -26,7 +28,8 @@ from art2mus.models.backbone import Backbone
 logger = logging.getLogger(__name__)
 
 CACHE_DIR = "cache"
-LATENTS_FILE = "latents.safetensors"
+INDEX_FILE = "latents_index.parquet"
+SHARD_ROWS = 512
 FAILED_FILE = "latents_failed.parquet"
 POSTERIOR = "mean+std"  # what a cached latent holds; keyed, so latents cached as the posterior's mode are recomputed
 
@@ -44,21 +47,56 @@ def crop_log_mel(path: Path, audio: AudioParams, transform: torch.nn.Module) -> 
     return log_mel(torch.from_numpy(wave)[None], audio, transform)[0]
 
 
+def row_sha256(mean: torch.Tensor, std: torch.Tensor) -> str:
+    """Content hash of one cached posterior (float32 bytes of mean, then std)."""
+    digest = hashlib.sha256(mean.float().contiguous().numpy().tobytes())
+    digest.update(std.float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_rows(cache: Path) -> dict[str, tuple[str, int, str]]:
+    """key -> (shard file name, row, content sha256) for every row of every shard (headers only)."""
+    from safetensors import safe_open
+
+    found: dict[str, tuple[str, int, str]] = {}
+    for shard in sorted(cache.glob("shard-*.safetensors")):
+        with safe_open(shard, "pt") as handle:
+            meta = handle.metadata() or {}
+        for row, (key, digest) in enumerate(zip(json.loads(meta.get("keys", "[]")),
+                                                json.loads(meta.get("sha256", "[]")))):
+            found.setdefault(key, (shard.name, row, digest))
+    return found
+
+
+def write_shard(cache: Path, keys: list[str], means: list[torch.Tensor], stds: list[torch.Tensor]) -> dict:
+    """One shard of posteriors, named by its contents; returns key -> (shard, row, sha256)."""
+    from safetensors.torch import save_file
+
+    digests = [row_sha256(mean, std) for mean, std in zip(means, stds)]
+    name = "shard-" + hashlib.sha256(json.dumps([keys, digests]).encode()).hexdigest()[:24] + ".safetensors"
+    with atomic_path(cache / name) as tmp:
+        save_file({"mean": torch.stack(means).contiguous(), "std": torch.stack(stds).contiguous()}, tmp,
+                  metadata={"keys": json.dumps(keys), "sha256": json.dumps(digests)})
+    return {key: (name, row, digest) for row, (key, digest) in enumerate(zip(keys, digests))}
+
+
 def compute_latents(
     tracks: pd.DataFrame, fma_root: Path, backbone: Backbone, audio: AudioParams, out_dir: Path,
-    batch_size: int = 32, quiet: bool = False,
+    batch_size: int = 32, quiet: bool = False, shard_rows: int = SHARD_ROWS,
 ) -> dict[str, int]:
-    """Latents for every row of `tracks` (track_id, path, sha256); writes latents.safetensors."""
-    from safetensors.torch import load_file, save_file
-
-    info = backbone.info
-    codec_id = info["identity"]
+    """Posteriors for every row of `tracks` (track_id, path, sha256) not cached yet; writes the index."""
+    codec_id = backbone.info["identity"]
     cache = out_dir / CACHE_DIR
     cache.mkdir(parents=True, exist_ok=True)
     keys = [cache_key(sha, codec_id, audio) for sha in tracks["sha256"]]
-    missing = [i for i, key in enumerate(keys) if not (cache / f"{key}.safetensors").is_file()]
+    located = cached_rows(cache)
+    first_of_key: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key not in located:
+            first_of_key.setdefault(key, i)  # identical files share one latent
+    missing = list(first_of_key.values())
     transform = mel_transform(audio)
-    failed = []
+    failed, pending = [], ([], [], [])  # pending: keys, means, stds not yet in a shard
     bar = tqdm(total=len(missing), desc="latents", unit="track", disable=quiet, leave=False)
     for start in range(0, len(missing), batch_size):
         rows, mels = [], []
@@ -67,32 +105,63 @@ def compute_latents(
                 mels.append(crop_log_mel(fma_root / tracks["path"].iloc[i], audio, transform))
                 rows.append(i)
             except AudioDecodeError as error:
-                failed.append({"track_id": int(tracks["track_id"].iloc[i]), "reason": str(error)})
+                failed.append({"key": keys[i], "reason": str(error)})
         if mels:
             with torch.no_grad():
                 means, stds = backbone.codec.encode_distribution(torch.stack(mels))
             for i, mean, std in zip(rows, means.float().cpu(), stds.float().cpu()):
-                with atomic_path(cache / f"{keys[i]}.safetensors") as tmp:
-                    save_file({"mean": mean.contiguous(), "std": std.contiguous()}, tmp)
+                for part, item in zip(pending, (keys[i], mean.clone(), std.clone())):
+                    part.append(item)
+        last = start + batch_size >= len(missing)
+        while len(pending[0]) >= shard_rows or (last and pending[0]):
+            located.update(write_shard(cache, *(part[:shard_rows] for part in pending)))
+            pending = tuple(part[shard_rows:] for part in pending)
         bar.update(len(missing[start: start + batch_size]))
     bar.close()
-    failed_ids = {item["track_id"] for item in failed}
-    kept = [(int(track_id), key) for track_id, key in zip(tracks["track_id"], keys) if int(track_id) not in failed_ids]
-    cached = [load_file(cache / f"{key}.safetensors") for _, key in kept]
-    with atomic_path(out_dir / LATENTS_FILE) as tmp:
-        save_file({"mean": torch.stack([item["mean"] for item in cached]),
-                   "std": torch.stack([item["std"] for item in cached]), "track_ids": torch.tensor([t for t, _ in kept], dtype=torch.int64)}, tmp,
-                  metadata={"codec": codec_id})
+    failed_keys = {item["key"]: item["reason"] for item in failed}
+    failures = [{"track_id": int(t), "reason": failed_keys[k]} for t, k in zip(tracks["track_id"], keys)
+                if k in failed_keys]
+    index = pd.DataFrame(
+        [{"track_id": int(t), "key": k, "shard": located[k][0], "row": located[k][1], "sha256": located[k][2]}
+         for t, k in zip(tracks["track_id"], keys) if k not in failed_keys],
+        columns=["track_id", "key", "shard", "row", "sha256"])
+    with atomic_path(out_dir / INDEX_FILE) as tmp:
+        index.to_parquet(tmp, index=False)
     with atomic_path(out_dir / FAILED_FILE) as tmp:
-        pd.DataFrame(failed, columns=["track_id", "reason"]).to_parquet(tmp, index=False)
-    if failed:
-        logger.warning("latents: %d track(s) failed to decode, e.g. %s", len(failed), failed[0]["reason"])
-    return {"tracks": len(kept), "computed": len(missing) - len(failed), "failed": len(failed)}
+        pd.DataFrame(failures, columns=["track_id", "reason"]).to_parquet(tmp, index=False)
+    if failures:
+        logger.warning("latents: %d track(s) failed to decode, e.g. %s", len(failures), failures[0]["reason"])
+    return {"tracks": len(index), "computed": len(missing) - len(failed), "failed": len(failures)}
 
 
-def load_latents(out_dir: Path) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-    """(track ids, [N, C, H, W] posterior means, [N, C, H, W] stds) written by `compute_latents`."""
-    from safetensors.torch import load_file
+def load_latent_index(out_dir: Path) -> pd.DataFrame:
+    """The index `compute_latents` wrote: track_id, key, shard, row, sha256 (content hash)."""
+    return pd.read_parquet(Path(out_dir) / INDEX_FILE)
 
-    data = load_file(Path(out_dir) / LATENTS_FILE)
-    return data["track_ids"].tolist(), data["mean"], data["std"]
+
+class LatentPosteriors:
+    """(mean, std) rows of cached shards, read lazily: each process (or DataLoader worker) opens a
+    shard memory-mapped on first use and copies out one row at a time."""
+
+    def __init__(self, cache: Path, shards: list[str], rows: list[int]) -> None:
+        self.cache, self.shards, self.rows = Path(cache), list(shards), [int(row) for row in rows]
+        self._handles: dict[str, object] = {}
+
+    @classmethod
+    def from_index(cls, out_dir: Path, index: pd.DataFrame) -> "LatentPosteriors":
+        return cls(Path(out_dir) / CACHE_DIR, index["shard"].tolist(), index["row"].tolist())
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from safetensors import safe_open
+
+        shard, row = self.shards[i], self.rows[i]
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(self.cache / shard, "pt")
+        handle = self._handles[shard]
+        return handle.get_slice("mean")[row: row + 1][0], handle.get_slice("std")[row: row + 1][0]
+
+    def __getstate__(self) -> dict:  # handles stay in the process that opened them
+        return {**self.__dict__, "_handles": {}}

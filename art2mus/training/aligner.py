@@ -55,6 +55,63 @@ class AlignerData:
         if self.latent_std is not None and self.latent_std.shape != self.latents.shape:
             raise ValueError("latent stds must have the latents' shape")
 
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        std = self.latent_std[i] if self.latent_std is not None else torch.zeros_like(self.latents[i])
+        return self.image_embeds[i], self.latents[i], std
+
+
+class StreamedPairs(torch.utils.data.Dataset):
+    """Training pairs read lazily: image embeddings in memory (small), latent posteriors from
+    memory-mapped shards (`art2mus.data.latents.LatentPosteriors`), one (embedding, mean, std) per item."""
+
+    def __init__(self, image_embeds: torch.Tensor, posteriors) -> None:
+        if len(image_embeds) != len(posteriors):
+            raise ValueError("image embeddings and latents must pair up one to one")
+        self.image_embeds, self.posteriors = image_embeds, posteriors
+
+    def __len__(self) -> int:
+        return len(self.posteriors)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, std = self.posteriors[i]
+        return self.image_embeds[i], mean.float(), std.float()
+
+
+def step_positions(params: TrainParams, rank: int, world: int) -> torch.Tensor:
+    """Positions in a step's batch that process `rank` trains on, micro-batch after micro-batch."""
+    micro = params.micro_batch
+    return torch.cat([torch.arange(part * micro, (part + 1) * micro)[rank::world] for part in range(params.grad_accum)])
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """The indices each step trains on, drawn from the step's own generator (as the loop redraws
+    them), so batches do not depend on a sampler's RNG and a resumed run reads the same ones."""
+
+    def __init__(self, n: int, params: TrainParams, first_step: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.params, self.first_step = n, params, first_step
+        self.positions = step_positions(params, rank, world)
+
+    def __len__(self) -> int:
+        return max(0, self.params.steps - self.first_step)
+
+    def __iter__(self):
+        for step in range(self.first_step, self.params.steps):
+            indices = step_indices(self.n, self.params, step_generator(self.params.seed, step))
+            yield indices[self.positions].tolist()
+
+
+def step_indices(n: int, params: TrainParams, generator: torch.Generator) -> torch.Tensor:
+    """The first draw of a step's generator: its batch, `batch_size` indices into the pairs."""
+    return torch.randint(n, (params.batch_size,), generator=generator)
+
+
+def loader_workers(cuda: bool) -> int:
+    """DataLoader workers: reading shards overlaps the GPU's step; none on the CPU (the step is the cost)."""
+    return 2 if cuda else 0
+
 
 @dataclass
 class TrainResult:
@@ -69,14 +126,6 @@ class TrainResult:
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The generator for one optimisation step: independent of how many steps ran before."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
-def sample_posterior(mean: torch.Tensor, std: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-    """`mean + std * noise`, the noise drawn on the CPU from `generator` (the same on any device)."""
-    if std is None:
-        return mean
-    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-    return mean + std * noise.to(mean.device)
 
 
 def mixed_precision(cuda: bool) -> str:
@@ -197,7 +246,7 @@ def train_aligner(
     started = time.perf_counter()
     backbone.eval().to(accelerator.device)
     backbone.set_gradient_checkpointing(params.gradient_checkpointing)
-    aligner = new_aligner(data.image_embeds.shape[1], backbone.lm_width, params)
+    aligner = new_aligner(int(data[0][0].shape[-1]), backbone.lm_width, params)
     optimizer = torch.optim.AdamW(aligner.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, params))
     losses: list[tuple[int, float]] = []
@@ -225,30 +274,34 @@ def train_aligner(
         if state is None:
             shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
     aligner, optimizer = accelerator.prepare(aligner, optimizer)
-    image_embeds = data.image_embeds.to(accelerator.device)
-    latents = data.latents.to(accelerator.device)
-    latent_std = data.latent_std.to(accelerator.device) if data.latent_std is not None else None
     rank, world = accelerator.process_index, accelerator.num_processes
     micro = params.micro_batch
     if micro % world:
         raise ValueError(f"batch_size/grad_accum ({micro}) must divide by the number of processes ({world})")
+    positions = step_positions(params, rank, world)  # this process's part of every step's batch
+    local = micro // world
+    batches = torch.utils.data.DataLoader(
+        data, batch_sampler=StepBatches(len(data), params, first_step, rank, world),
+        num_workers=loader_workers(cuda), pin_memory=cuda)
 
-    bar = tqdm(range(first_step, params.steps), desc="train", unit="step", disable=quiet or rank != 0, leave=False)
-    for step in bar:
+    bar = tqdm(zip(range(first_step, params.steps), batches), total=params.steps - first_step, desc="train",
+               unit="step", disable=quiet or rank != 0, leave=False)
+    for step, (embeds, means, stds) in bar:
         generator = step_generator(params.seed, step)
-        indices = torch.randint(len(latents), (params.batch_size,), generator=generator)
-        on_device = indices.to(accelerator.device)
-        # One posterior sample per batch item, for the whole step's batch on every process (so each
+        step_indices(len(data), params, generator)  # the batch StepBatches read; advances the generator
+        # One posterior sample per batch item: noise for the whole step's batch on every process (so each
         # process's slice is the same sample whatever the world size).
-        batch_latents = sample_posterior(latents[on_device],
-                                         latent_std[on_device] if latent_std is not None else None, generator)
+        noise = torch.randn((params.batch_size, *means.shape[1:]), generator=generator, dtype=means.dtype)
+        embeds = embeds.to(accelerator.device, non_blocking=True)
+        batch_latents = means.to(accelerator.device, non_blocking=True) + stds.to(
+            accelerator.device, non_blocking=True) * noise[positions].to(accelerator.device)
         step_loss = 0.0
         for part in range(params.grad_accum):
-            chunk = torch.arange(part * micro, (part + 1) * micro)[rank::world].to(accelerator.device)
+            chunk = slice(part * local, (part + 1) * local)
             # Every process draws the full step's noise stream, then uses its own slice of it.
             part_generator = step_generator(params.seed, step * 1000 + part + 1)
             with accelerator.autocast():
-                loss = aligner_loss(aligner, backbone, image_embeds[on_device][chunk], batch_latents[chunk],
+                loss = aligner_loss(aligner, backbone, embeds[chunk], batch_latents[chunk],
                                     _sliced(part_generator, micro, rank, world), params.min_snr_gamma)
             if part < params.grad_accum - 1:
                 with accelerator.no_sync(aligner):

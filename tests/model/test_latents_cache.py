@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from art2mus.config import AudioParams, BackboneParams, TrainParams
-from art2mus.data.latents import CACHE_DIR, cache_key, compute_latents, load_latents
+from art2mus.data.latents import CACHE_DIR, LatentPosteriors, cache_key, compute_latents, load_latent_index
 from art2mus.models.audio import CROP_VERSION
 from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training import aligner as aligner_module
-from art2mus.training.aligner import AlignerData, train_aligner
+from art2mus.training.aligner import AlignerData, StreamedPairs, train_aligner, weights_sha256
 
 AUDIO = AudioParams()
 
@@ -74,14 +74,48 @@ def test_the_cache_keeps_mean_and_std_and_ignores_latents_cached_as_the_mode(bac
         assert old_key != cache_key(sha, "noisy-codec", AUDIO)
         save_file({"latent": torch.zeros(backbone.latent_shape)}, out / CACHE_DIR / f"{old_key}.safetensors")
 
-    summary = compute_latents(tracks, tmp_path / "fma", FakeBackbone(codec), AUDIO, out, quiet=True)
+    summary = compute_latents(tracks, tmp_path / "fma", FakeBackbone(codec), AUDIO, out, quiet=True, shard_rows=2)
     assert summary["computed"] == 3 and codec.calls == 3
-    track_ids, means, stds = load_latents(out)
-    assert track_ids == [0, 1, 2] and means.shape == stds.shape == (3, *backbone.latent_shape)
-    assert bool((stds == 0.5).all()) and float(means.abs().sum()) > 0
+    index = load_latent_index(out)
+    assert index["track_id"].tolist() == [0, 1, 2] and index["shard"].nunique() == 2  # 2 + 1 rows
+    posteriors = LatentPosteriors.from_index(out, index)
+    for i in range(3):
+        mean, std = posteriors[i]
+        assert mean.shape == std.shape == backbone.latent_shape
+        assert bool((std == 0.5).all()) and float(mean.abs().sum()) > 0
+        assert index["sha256"][i] == latents_row_sha256(mean, std)
 
     assert compute_latents(tracks, tmp_path / "fma", FakeBackbone(codec), AUDIO, out, quiet=True)["computed"] == 0
     assert codec.calls == 3  # cached posteriors are reused
+
+
+def latents_row_sha256(mean: torch.Tensor, std: torch.Tensor) -> str:
+    from art2mus.data.latents import row_sha256
+
+    return row_sha256(mean, std)
+
+
+def test_training_streamed_from_shards_equals_training_from_memory(backbone, tmp_path: Path) -> None:
+    from art2mus.data.latents import write_shard
+
+    generator = torch.Generator().manual_seed(0)
+    n = 10
+    embeds = torch.randn(n, 8, generator=generator)
+    means = torch.randn(n, *backbone.latent_shape, generator=generator)
+    stds = torch.rand(n, *backbone.latent_shape, generator=generator) * 0.3
+    (tmp_path / "cache").mkdir()
+    located = {}
+    for start in range(0, n, 4):
+        keys = [f"k{i}" for i in range(start, min(n, start + 4))]
+        located.update(write_shard(tmp_path / "cache", keys, list(means[start:start + 4]), list(stds[start:start + 4])))
+    shards, rows = zip(*[located[f"k{i}"][:2] for i in range(n)])
+    streamed = StreamedPairs(embeds, LatentPosteriors(tmp_path / "cache", list(shards), list(rows)))
+    params = TrainParams(steps=3, batch_size=4, grad_accum=2, warmup_steps=1, checkpoint_every=100, tokens=2,
+                         hidden_dim=16)
+    from_memory = train_aligner(AlignerData(embeds, means, stds), backbone, params, tmp_path / "a", quiet=True)
+    from_shards = train_aligner(streamed, backbone, params, tmp_path / "b", quiet=True)
+    assert weights_sha256(from_shards.aligner) == weights_sha256(from_memory.aligner)
+    assert from_shards.losses == from_memory.losses
 
 
 def recorded_latents(backbone, data: AlignerData, steps: int, out: Path, monkeypatch) -> list[torch.Tensor]:
