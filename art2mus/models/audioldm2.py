@@ -98,17 +98,21 @@ def location(source: str, revision: str) -> tuple[str, dict]:
 
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
-    """diffusers' and transformers' loading progress bars off (a stage shows its own progress)."""
+    """diffusers' and transformers' loading progress bars off (a stage shows its own progress), and their
+    notices about the real configs' older keys (the vocoder's model_type `hifigan`) kept out of the log."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    level = transformers_logging.get_verbosity()
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
     try:
         yield
     finally:
         diffusers_logging.enable_progress_bar()
         transformers_logging.enable_progress_bar()
+        transformers_logging.set_verbosity(level)
 
 
 def load_language_model(source: str, revision: str, dtype: torch.dtype = torch.float32) -> nn.Module:
