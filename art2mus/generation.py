@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from art2mus.data.sources import printable_name
 from art2mus.errors import Art2MusError
 from art2mus.io import atomic_path
 from art2mus.models.pipeline import MODEL_FILE, Art2MusPipeline, GenerationConfig
@@ -43,20 +47,56 @@ def resolve_model_dir(model: str) -> Path:
     return found[0].parent
 
 
+def shown_path(path: Path | str) -> str:
+    """A path fit for one line of output: control characters (a newline in a file name) escaped."""
+    text = printable_name(str(path))
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """`out_dir` is a folder this process can write in (created if missing), or Art2MusError saying why not.
+
+    Checked before the model loads, so a bad `-o` fails in a second rather than after the whole batch."""
+    shown = shown_path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise Art2MusError(f"{shown}: is a file, not a folder (-o names the folder for the WAV files)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise Art2MusError(f"{shown}: cannot create the output folder ({error.strerror or error})") from None
+    try:
+        handle, probe = tempfile.mkstemp(dir=out_dir, prefix=".art2mus-write-check-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise Art2MusError(f"{shown}: cannot write in the output folder ({error.strerror or error}); "
+                           "choose another with -o") from None
+
+
 def open_image(path: Path):
-    """A decoded RGB image, or Art2MusError naming the file and the problem."""
+    """A decoded RGB image, or Art2MusError naming the file and the problem.
+
+    An image over Pillow's pixel limit (`Image.MAX_IMAGE_PIXELS`, a decompression bomb) is refused from its
+    header, before any pixel is decoded: Pillow's warning between one and two times the limit counts as
+    the error it raises above."""
     from PIL import Image, UnidentifiedImageError
 
+    shown = shown_path(path)
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image.convert("RGB")
     except FileNotFoundError:
-        raise Art2MusError(f"{path}: no such file") from None
+        raise Art2MusError(f"{shown}: no such file") from None
     except UnidentifiedImageError:
-        raise Art2MusError(f"{path}: not an image") from None
+        raise Art2MusError(f"{shown}: not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise Art2MusError(f"{shown}: too many pixels to decode safely, a possible decompression bomb "
+                           f"({type(error).__name__}: {error})") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise Art2MusError(f"{path}: corrupt or truncated image ({error})") from None
+        raise Art2MusError(f"{shown}: corrupt or truncated image ({error})") from None
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -78,6 +118,7 @@ def write_wav(wave: np.ndarray, sample_rate: int, path: Path) -> None:
 
 def generate_files(images: list[Path], out_dir: Path, model: str, config: GenerationConfig) -> GenerationReport:
     """Generate for every readable image into `out_dir`; unreadable ones are listed with why."""
+    check_output_dir(out_dir)
     pipeline = Art2MusPipeline.from_pretrained(resolve_model_dir(model))
     loaded, kept, failed = [], [], {}
     for path, name in zip(images, output_names(images)):
@@ -89,7 +130,6 @@ def generate_files(images: list[Path], out_dir: Path, model: str, config: Genera
             logger.error("generate: %s", error)
     written = []
     if loaded:
-        out_dir.mkdir(parents=True, exist_ok=True)
         for name, wave in zip(kept, pipeline(loaded, config)):
             write_wav(wave, pipeline.sample_rate, out_dir / name)
             written.append(out_dir / name)

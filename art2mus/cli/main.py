@@ -147,7 +147,7 @@ def generate(
     quiet: Quiet = False,
 ) -> None:
     """One WAV per image (16 kHz); bad images are reported and the others still generate."""
-    from art2mus.generation import generate_files
+    from art2mus.generation import generate_files, shown_path
     from art2mus.models.pipeline import GenerationConfig
 
     setup_logging(quiet)
@@ -159,7 +159,7 @@ def generate(
     except Art2MusError as error:
         fail("generate", error)
     for path in report.written:
-        typer.echo(str(path))
+        typer.echo(shown_path(path))
     if report.failed:
         typer.echo(f"art2mus: generate: {len(report.failed)} of {len(images)} image(s) failed (see above)", err=True)
         raise typer.Exit(1)

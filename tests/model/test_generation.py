@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +77,75 @@ def test_cli_writes_one_wav_per_good_image_and_names_the_bad_one(model_dir: Path
     assert sorted(p.name for p in out.iterdir()) == ["sea.wav", "sunset.wav"]
     data, rate = sf.read(out / "sunset.wav")
     assert rate == 16000 and len(data) == 24000
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` 1-bit pixels and holds almost none: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_cli_reports_decompression_bombs_by_name_and_generates_the_rest(model_dir: Path, images: list[Path],
+                                                                        tmp_path: Path) -> None:
+    """Over twice Pillow's pixel limit is an error in Pillow; over the limit only a warning: both are refused."""
+    (tmp_path / "bomb.png").write_bytes(png_header_only(20_000, 20_000))  # 400 Mpx > 2 x MAX_IMAGE_PIXELS
+    (tmp_path / "big.png").write_bytes(png_header_only(10_000, 10_000))  # 100 Mpx > MAX_IMAGE_PIXELS
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["generate", str(tmp_path / "bomb.png"), *map(str, images[:2]),
+                                      str(tmp_path / "big.png"), "-o", str(out), "--model", str(model_dir),
+                                      "--steps", "2", "--seconds", "0.5", "--quiet"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    assert "bomb.png: too many pixels to decode safely" in result.output
+    assert "big.png: too many pixels to decode safely" in result.output
+    assert "2 of 4 image(s) failed" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["sea.wav", "sunset.wav"]
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    if os.geteuid() != 0:
+        folder = tmp_path / "locked"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    try:  # root writes anywhere a mode allows: use a file system that refuses files (sysfs)
+        Path("/sys", "art2mus-probe").touch()
+    except OSError:
+        return Path("/sys")
+    pytest.skip("no folder this user cannot write")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("file", "is a file, not a folder"),
+    ("below_a_file", "cannot create the output folder"),
+    ("unwritable", "cannot write in the output folder"),
+])
+def test_cli_checks_the_output_folder_before_loading_the_model(tmp_path: Path, images: list[Path], case: str,
+                                                               message: str) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    out = {"file": tmp_path / "a-file", "below_a_file": tmp_path / "a-file" / "out",
+           "unwritable": unwritable_folder(tmp_path)}[case]
+    result = CliRunner().invoke(app, ["generate", str(images[0]), "-o", str(out), "--model",
+                                      str(tmp_path / "no-such-model")])  # the model is never reached
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"art2mus: generate: {out}: {message}" in result.output and "Traceback" not in result.output
+    assert "no-such-model" not in result.output
+
+
+def test_cli_prints_a_file_name_with_a_newline_escaped(model_dir: Path, images: list[Path], tmp_path: Path) -> None:
+    bad = tmp_path / "evil\nart2mus: generate: all fine.jpg"
+    bad.write_bytes(b"not a picture")
+    good = tmp_path / "two\nlines.png"
+    good.write_bytes(images[1].read_bytes())
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["generate", str(bad), str(good), "-o", str(out), "--model", str(model_dir),
+                                      "--steps", "2", "--seconds", "0.5", "--quiet"])
+    assert result.exit_code == 1
+    assert "evil\\nart2mus: generate: all fine.jpg" in result.output and "two\\nlines.wav" in result.output
+    assert not any(line.startswith(("art2mus: generate: all fine", "lines")) for line in result.output.splitlines())
+    assert [p.name for p in out.iterdir()] == ["two\nlines.wav"]
 
 
 def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path: Path, images: list[Path]) -> None:
