@@ -469,20 +469,36 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_params(raw: object, source: str = PARAMS_FILE) -> Params:
-    """Validate an already-loaded params mapping."""
+def missing_sections(raw: dict) -> list[str]:
+    """The sections of params.yaml (the fields of `Params`, in file order) that `raw` lacks."""
+    return [name for name in Params.model_fields if name not in raw]
+
+
+def parse_params(raw: object, source: str = PARAMS_FILE, *, require_sections: bool = False) -> Params:
+    """Validate an already-loaded params mapping.
+
+    With `require_sections` (a whole params file: `art2mus params`, `art2mus repro`) every section must be
+    present, since DVC reads each stage's section from the file itself; keys inside a section may still be
+    omitted where a default or the profile supplies them. Without it (mappings built in code, tests), an
+    absent section takes its defaults."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    if require_sections and (missing := missing_sections(raw)):
+        raise ConfigError(f"{source}: missing section(s): {', '.join(missing)} (every section of params.yaml "
+                          "is required, even if all its keys are left to their defaults: write `name: {}`)")
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error, source)) from None
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml (relative paths resolve against the working directory)."""
+def load_params(path: str | Path = PARAMS_FILE, *, require_sections: bool = False) -> Params:
+    """Read and validate params.yaml (relative paths resolve against the working directory).
+
+    `require_sections`: refuse a file that lacks a section (see `parse_params`); the commands that validate
+    the whole pipeline's file set it."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -490,4 +506,4 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raise ConfigError(f"{path}: not found (run from the project root)") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    return parse_params(raw, str(path))
+    return parse_params(raw, str(path), require_sections=require_sections)

@@ -100,7 +100,7 @@ def repro(
     """Run the DVC pipeline on the configured data (DVC skips what is unchanged)."""
     root = configure_environment(project_root())
     try:
-        load_params(root / "params.yaml")  # a bad params.yaml fails here, before any stage runs
+        load_params(root / "params.yaml", require_sections=True)  # a bad params.yaml fails here, before any stage runs
     except Art2MusError as error:
         fail("repro", error)
     command = [sys.executable, "-m", "dvc", "repro", *([stage] if stage else []), *(["--force"] if force else [])]
@@ -207,7 +207,7 @@ def show_params(params_file: Params = Path("params.yaml")) -> None:
     import yaml
 
     try:
-        params = load_params(params_file)
+        params = load_params(params_file, require_sections=True)
     except Art2MusError as error:
         fail("params", error)
     typer.echo(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))

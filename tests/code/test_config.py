@@ -46,6 +46,40 @@ def test_missing_and_malformed_files_are_clear(tmp_path: Path) -> None:
         load_params(tmp_path / "params.yaml")
 
 
+@pytest.mark.parametrize("deleted", [["train"], ["promotion"], ["train", "promotion", "gc"]])
+def test_a_params_file_missing_a_section_is_refused_naming_it(tmp_path: Path, deleted: list[str]) -> None:
+    """A deleted section is not filled with defaults: the pipeline (DVC's `params:`) needs every one."""
+    from typer.testing import CliRunner
+
+    from art2mus.cli.main import app
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section in deleted:
+        del raw[section]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    expected = f"missing section(s): {', '.join(deleted)}"
+    with pytest.raises(ConfigError) as error:
+        load_params(path, require_sections=True)
+    assert str(error.value).startswith(f"{path}: {expected}")
+    with pytest.raises(ConfigError, match=r"missing section\(s\)"):
+        parse_params(raw, str(path), require_sections=True)
+    result = CliRunner().invoke(app, ["params", "--params", str(path)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"art2mus: params: {path}: {expected}" in result.output and "Traceback" not in result.output
+
+
+def test_a_section_must_be_present_but_its_keys_may_be_omitted(tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"], raw["gc"] = {}, {}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = load_params(path, require_sections=True)
+    assert params.train.hidden_dim == 256 and params.gc.keep_versions == 3  # the profile's and the model's defaults
+    assert parse_params({"split": {"seed": 1}}).split.seed == 1  # mappings built in code stay partial by default
+    assert Params().train == params.train
+
+
 def test_sections_are_immutable_once_loaded() -> None:
     params = parse_params({})
     with pytest.raises(Exception):
