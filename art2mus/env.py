@@ -17,6 +17,10 @@ OFFLINE_DEFAULTS = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
+# With no credentials configured, boto3 would ask the cloud metadata address (169.254.169.254) for an
+# instance role's. Off unless the user set it: on a cloud instance with a role, AWS_EC2_METADATA_DISABLED=false.
+CLOUD_METADATA_DEFAULTS = {"AWS_EC2_METADATA_DISABLED": "true"}
+OFFLINE_DEFAULTS.update(CLOUD_METADATA_DEFAULTS)
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -26,6 +30,12 @@ def project_root(start: str | Path | None = None) -> Path:
         if (candidate / PROJECT_MARKERS[0]).is_file():
             return candidate
     return here
+
+
+def disable_cloud_metadata_lookup() -> None:
+    """No credential lookup at the cloud metadata address, unless the user's environment asks for one."""
+    for key, value in CLOUD_METADATA_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def configure_environment(root: Path | None = None) -> Path:

@@ -32,6 +32,11 @@ def resolve_model_dir(model: str) -> Path:
         return path
     if ":/" not in model:
         raise Art2MusError(f"{model}: no such model folder")
+    if model.startswith("s3://"):  # MLflow hands it to boto3: fail fast without credentials
+        from art2mus.storage.s3 import S3Settings, require_credentials
+
+        endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL")  # where MLflow's S3 artifact store looks
+        require_credentials(S3Settings.from_env(endpoint), model)
     import mlflow
 
     from art2mus.tracking import tracking_uri

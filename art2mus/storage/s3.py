@@ -84,12 +84,43 @@ class S3Store:
                               max_concurrency=self.transfer.max_concurrency)
 
 
+CREDENTIALS_HELP = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials); "
+                    "on a cloud instance with a role, set AWS_EC2_METADATA_DISABLED=false")
+
+
+def require_credentials(settings: S3Settings, target: str = "S3") -> None:
+    """Fail fast, naming `target` and the store, when no credentials are configured.
+
+    Asks boto3's own chain (environment, profiles, SSO, ...) but never the cloud metadata address unless
+    the user enabled it (`art2mus.env.disable_cloud_metadata_lookup`)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError
+
+    from art2mus.env import disable_cloud_metadata_lookup
+
+    where = f"{target} at {settings.where}"
+    if settings.access_key and settings.secret_key:
+        return
+    if settings.access_key or settings.secret_key:
+        raise StorageError(f"{where}: only one of AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY is set; set both")
+    disable_cloud_metadata_lookup()
+    try:
+        credentials = boto3.session.Session().get_credentials()
+    except BotoCoreError as error:  # a partial or malformed profile
+        raise StorageError(f"{where}: the S3 credentials are unusable ({error}); {CREDENTIALS_HELP}") from None
+    if credentials is None:
+        raise StorageError(f"{where}: no credentials configured; {CREDENTIALS_HELP}")
+
+
 def s3_store(settings: S3Settings | None = None, transfer: Transfer | None = None) -> S3Store:
-    """A client for `settings` (default: the environment) with bounded retries and timeouts."""
+    """A client for `settings` (default: the environment) with bounded retries and timeouts.
+
+    Without credentials it fails here, with StorageError, before any request (see `require_credentials`)."""
     import boto3
     from botocore.config import Config
 
     settings = settings or S3Settings.from_env()
+    require_credentials(settings)
     transfer = transfer or Transfer()
     config = Config(retries={"max_attempts": transfer.max_attempts, "mode": "standard"},
                     connect_timeout=transfer.connect_timeout, read_timeout=transfer.read_timeout,
@@ -107,7 +138,7 @@ def storage_error(store: S3Store, error: Exception, bucket: str, key: str | None
     where = store.settings.where
     target = f"s3://{bucket}/{key}" if key else f"bucket {bucket!r}"
     if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
-        return StorageError(f"{target} at {where}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        return StorageError(f"{target} at {where}: no S3 credentials; {CREDENTIALS_HELP}")
     if isinstance(error, ConnectionError):  # refused, timed out, DNS: botocore's retries are spent
         return StorageError(f"{target}: the S3 endpoint {where} is unreachable after "
                             f"{store.transfer.max_attempts} attempts ({type(error).__name__})")

@@ -155,3 +155,69 @@ def test_the_s3_remote_is_the_default_and_its_credentials_stay_local(tmp_path: P
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(Art2MusError, match="AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not both set"):
         configure_s3_remote(tmp_path, "art2mus", credentials_from_env=True)
+
+
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+                  "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                  "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_EC2_METADATA_DISABLED")
+
+
+@pytest.fixture
+def no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """No credentials anywhere boto3 looks; returns the cloud metadata requests made (each also fails)."""
+    import botocore.httpsession
+
+    for name in CREDENTIAL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    asked: list[str] = []
+    real_send = botocore.httpsession.URLLib3Session.send
+
+    def send(self, request):
+        if "169.254.169.254" in request.url or "[fd00:ec2::254]" in request.url:
+            asked.append(request.url)
+            raise botocore.httpsession.ConnectTimeoutError(endpoint_url=request.url)
+        return real_send(self, request)
+
+    monkeypatch.setattr(botocore.httpsession.URLLib3Session, "send", send)
+    return asked
+
+
+def test_the_environment_disables_the_cloud_metadata_lookup_unless_the_user_set_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from art2mus.env import configure_environment
+
+    monkeypatch.setattr(os, "environ", {key: value for key, value in os.environ.items()
+                                        if key != "AWS_EC2_METADATA_DISABLED"})
+    configure_environment(tmp_path)
+    assert os.environ["AWS_EC2_METADATA_DISABLED"] == "true"
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "false"  # an instance-role user turns it back on
+    configure_environment(tmp_path)
+    assert os.environ["AWS_EC2_METADATA_DISABLED"] == "false"
+
+
+def test_no_credentials_fail_fast_naming_the_store_without_asking_the_cloud(no_credentials: list[str]) -> None:
+    with pytest.raises(StorageError) as error:
+        s3_store(S3Settings("http://127.0.0.1:9"), Transfer(max_attempts=1, connect_timeout=1))
+    message = str(error.value)
+    assert message.startswith("S3 at http://127.0.0.1:9: no credentials configured")
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in message and "AWS_EC2_METADATA_DISABLED=false" in message
+    assert no_credentials == [] and os.environ["AWS_EC2_METADATA_DISABLED"] == "true"
+    with pytest.raises(StorageError, match="only one of AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+        s3_store(S3Settings("http://127.0.0.1:9", access_key="id-only"))
+
+
+def test_a_model_on_s3_without_credentials_is_a_clear_error(no_credentials: list[str], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from art2mus.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    result = CliRunner().invoke(app, ["evaluate", "--model", "s3://models-bucket/art2mus/v3", "--quiet"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "art2mus: evaluate: s3://models-bucket/art2mus/v3 at AWS S3" in result.output
+    assert "no credentials configured" in result.output and "Traceback" not in result.output
+    assert no_credentials == []
