@@ -25,13 +25,21 @@ class GenerationReport:
     failed: dict[str, str]  # image path -> why
 
 
+MODEL_URI_SCHEMES = ("runs:/", "models:/", "s3://")
+ACCEPTED_MODELS = ("a model folder, runs:/<run id>/<path>, models:/<name>@<alias> or /<version>, "
+                   "s3://<bucket>/<path>")
+
+
 def resolve_model_dir(model: str) -> Path:
-    """A packaged model folder from a local path or an MLflow URI (runs:/..., models:/...)."""
+    """A packaged model folder from a local path or a URI MLflow fetches (runs:/..., models:/..., s3://...)."""
     path = Path(model)
     if path.is_dir():
         return path
-    if ":/" not in model:
-        raise Art2MusError(f"{model}: no such model folder")
+    scheme = next((prefix for prefix in MODEL_URI_SCHEMES if model.startswith(prefix)), None)
+    if scheme is None and ":/" not in model and ":" not in model.split("/")[0]:
+        raise Art2MusError(f"{model}: no such model folder (a model is {ACCEPTED_MODELS})")
+    if scheme is None or not model[len(scheme):].strip("/"):
+        raise Art2MusError(f"{model}: not a model folder or a supported URI; a model is {ACCEPTED_MODELS}")
     if model.startswith("s3://"):  # MLflow hands it to boto3: fail fast without credentials
         from art2mus.storage.s3 import S3Settings, require_credentials
 

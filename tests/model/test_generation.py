@@ -192,3 +192,16 @@ def test_model_crop_is_the_same_clip_everywhere(tmp_path: Path) -> None:
     assert len(whole) == len(prefix) == audio.crop_samples
     assert np.abs(whole).max() == pytest.approx(0.5) and np.abs(prefix).max() == pytest.approx(0.5)
     assert np.allclose(whole, prefix, atol=2e-3)  # resampling a prefix differs only at its far edge
+
+
+@pytest.mark.parametrize("uri", ["http://example.invalid/model", "https://example.invalid/m.tar", "ftp://x/y",
+                                 "gs://bucket/model", "runs:", "models:/"])
+def test_an_unsupported_model_uri_says_which_are_accepted(uri: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    result = CliRunner().invoke(app, ["evaluate", "--model", uri, "--quiet"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.startswith(f"art2mus: evaluate: {uri}: ") and "Traceback" not in result.output
+    assert "a model folder, runs:/<run id>/<path>, models:/<name>@<alias> or /<version>, s3://<bucket>/<path>" \
+        in result.output
