@@ -81,6 +81,10 @@ class Cell:
     interval: str
     valid: bool
     note: str
+    absent: bool = False  # not computed, for a stated reason (a baseline that could not run): not a failure
+
+
+ABSENT_PREFIX = "absent"  # how the evaluation notes a result it did not compute (evaluate.metric_cell)
 
 
 TEMPLATE = """<!DOCTYPE html>
@@ -99,6 +103,7 @@ th { background: #f0f0f0; }
 .meta th { font-weight: 600; }
 .ci { color: #666; font-size: .85em; }
 .invalid { background: #fdecea; color: #8a1c12; }
+.absent { color: #666; font-style: italic; }
 .note { display: block; color: #666; font-size: .8em; max-width: 18rem; }
 .artwork { display: grid; grid-template-columns: 260px 1fr 1fr; gap: 1rem; align-items: start;
   background: #fff; border: 1px solid #d0d0d0; padding: .8rem; margin-bottom: 1rem; }
@@ -120,7 +125,7 @@ audio { width: 100%; margin-bottom: .3rem; }
 <table class="metrics">
 <thead><tr><th>model</th>{% for name in metric_names %}<th>{{ name }}</th>{% endfor %}</tr></thead>
 <tbody>
-{% for row in rows %}<tr><th>{{ row.model }}</th>{% for cell in row.cells %}{% if cell is none %}<td>&mdash;</td>{% elif not cell.valid %}<td class="invalid">invalid<span class="note">{{ cell.note }}</span></td>{% else %}<td>{{ cell.value }} <span class="ci">{{ cell.interval }}</span>{% if cell.note %}<span class="note">{{ cell.note }}</span>{% endif %}</td>{% endif %}{% endfor %}</tr>
+{% for row in rows %}<tr><th>{{ row.model }}</th>{% for cell in row.cells %}{% if cell is none %}<td>&mdash;</td>{% elif cell.absent %}<td class="absent">absent<span class="note">{{ cell.note }}</span></td>{% elif not cell.valid %}<td class="invalid">invalid<span class="note">{{ cell.note }}</span></td>{% else %}<td>{{ cell.value }} <span class="ci">{{ cell.interval }}</span>{% if cell.note %}<span class="note">{{ cell.note }}</span>{% endif %}</td>{% endif %}{% endfor %}</tr>
 {% endfor %}</tbody>
 </table>
 <p class="ci">Each value with its confidence interval [low, high].</p>
@@ -176,10 +181,16 @@ def metric_names(table: list[MetricRow]) -> list[str]:
 
 
 def metric_cell(result: dict | None) -> Cell | None:
-    """A metric result as shown: value with its interval, or `invalid` with the reason."""
+    """A metric result as shown: value with its interval, `absent` or `invalid` with the reason.
+
+    Absent: no value and a note starting "absent" (what the evaluation writes for a result it could not
+    compute, e.g. the caption baseline without a captioner), shown with the note's reason."""
     if result is None:
         return None
     note = str(result.get("note") or "")
+    if result.get("value") is None and note.startswith(ABSENT_PREFIX):
+        reason = note[len(ABSENT_PREFIX):].lstrip(" :") or "not computed"
+        return Cell(value="", interval="", valid=False, note=reason, absent=True)
     if not result.get("valid", True):
         return Cell(value="", interval="", valid=False, note=note or "no reason given")
     interval = f"[{number_text(result.get('low'))}, {number_text(result.get('high'))}]"

@@ -74,3 +74,20 @@ def test_bad_input_names_the_file_and_keeps_the_previous_report(tmp_path: Path, 
         write_report(out, items, metric_table(), "second", REPORT_META)
     assert index.read_text(encoding="utf-8") == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["inputs", "report"]
+
+
+def test_an_absent_baseline_is_shown_absent_with_its_reason_not_invalid(tmp_path: Path, items: list) -> None:
+    """The caption baseline the evaluation could not run is absent (as metrics.json says), not a failed metric."""
+    from art2mus.evaluation.evaluate import metric_cell as result_cell
+    from art2mus.evaluation.report import MetricRow
+
+    absent = result_cell(None, "absent: no captioner <for this profile>")  # as comparison_table builds it
+    cell = metric_cell(absent)
+    assert (cell.absent, cell.valid, cell.note) == (True, False, "no captioner <for this profile>")
+    table = [*metric_table(), MetricRow("caption baseline", {"fad_spectral": absent})]
+    source = write_report(tmp_path / "report", items, table, "t", REPORT_META).read_text(encoding="utf-8")
+    row = source[source.index("<th>caption baseline</th>"):]
+    row = row[:row.index("</tr>")]
+    assert '<td class="absent">absent<span class="note">no captioner &lt;for this profile&gt;</span></td>' in row
+    assert "invalid" not in row
+    assert '<td class="invalid">invalid<span class="note">needs at least 2 clips' in source  # invalid stays invalid
