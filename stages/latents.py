@@ -17,7 +17,7 @@ def main() -> None:
     params = load_params()
     logged = {"latents": params.latents.model_dump(mode="json"), "audio": params.audio.model_dump(mode="json")}
     with stage_run("latents", logged, params.tracking.experiment) as run:
-        backbone = load_backbone(params.prior.out_dir)
+        backbone = load_backbone(params.prior.out_dir, params.backbone.device)
         tracks = read_table(Path(params.ingest.out_dir) / TRACKS_MANIFEST)
         paired = tracks[tracks["track_id"].isin(read_table(SPLITS_TABLE)["track_id"])]
         summary = compute_latents(paired, Path(params.ingest.fma_dir), backbone, params.audio,

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from art2mus.config import load_params
-from art2mus.data.latents import INDEX_FILE, LatentPosteriors, load_latent_index
+from art2mus.data.latents import CACHE_DIR, INDEX_FILE, LatentPosteriors, load_latent_index
 from art2mus.data.schema import SPLITS_TABLE
 from art2mus.env import project_root
 from art2mus.errors import Art2MusError
@@ -79,7 +79,7 @@ def main(resume: bool = True) -> None:
     out = Path(config.out_dir)
     main_process = process_rank() == 0
     with stage_run("train", config, params.tracking.experiment) as run:  # inactive on other ranks
-        backbone = load_backbone(params.prior.out_dir)
+        backbone = load_backbone(params.prior.out_dir, params.backbone.device)
         splits = read_table(SPLITS_TABLE)
         image_ids, image_matrix, encoder_id, _ = load_embeddings(Path(params.features.out_dir), "image")
         latents_dir = Path(params.latents.out_dir)
@@ -89,7 +89,7 @@ def main(resume: bool = True) -> None:
         fingerprint = data_fingerprint(config.model_dump(mode="json"), encoder_id, prior_id, data, latent_rows)
         record_training_lineage(run, project_root(), [  # the data read above, as dvc.yaml's train deps name it
             params.prior.out_dir, f"{params.features.out_dir}/{EMBEDDING_FILES['image']}",
-            f"{params.latents.out_dir}/{INDEX_FILE}", SPLITS_TABLE])
+            f"{params.latents.out_dir}/{INDEX_FILE}", f"{params.latents.out_dir}/{CACHE_DIR}", SPLITS_TABLE])
         result = train_aligner(data, backbone, config, out, resume=resume, fingerprint=fingerprint,
                                log_loss=lambda step, loss: run.log_metrics({"train_loss": loss}, step=step))
         if not main_process:

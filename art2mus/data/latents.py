@@ -3,7 +3,9 @@
 Latents live in safetensors shards under `cache/` (up to SHARD_ROWS tracks each, every row named by
 its (track content, codec, crop) key in the shard's header), so a new track costs one track's work
 and a changed codec or crop recomputes everything. The stage's output is an index
-(`latents_index.parquet`: track -> shard, row, content hash); training reads one row at a time from
+(`latents_index.parquet`: track -> shard, row, content hash) and the shards themselves (a persistent
+DVC output: versioned, pushed and pulled like any data; shards no current track uses are pruned);
+training reads one row at a time from
 memory-mapped shards, so ArtSound's 105,884 latents never sit in RAM at once. Each track keeps the scaled posterior's mean and
 std (`codec.encode_distribution`): training draws `mean + std * noise` per step, as AudioLDM2 trains
 on `latent_dist.sample() * scaling_factor`; evaluation encodes with `codec.encode` (the mean).
@@ -127,11 +129,22 @@ def compute_latents(
         columns=["track_id", "key", "shard", "row", "sha256"])
     with atomic_path(out_dir / INDEX_FILE) as tmp:
         index.to_parquet(tmp, index=False)
+    pruned = prune_shards(cache, set(index["shard"]))
     with atomic_path(out_dir / FAILED_FILE) as tmp:
         pd.DataFrame(failures, columns=["track_id", "reason"]).to_parquet(tmp, index=False)
     if failures:
         logger.warning("latents: %d track(s) failed to decode, e.g. %s", len(failures), failures[0]["reason"])
-    return {"tracks": len(index), "computed": len(missing) - len(failed), "failed": len(failures)}
+    return {"tracks": len(index), "computed": len(missing) - len(failed), "failed": len(failures),
+            "shards": len(set(index["shard"])), "shards_pruned": pruned}
+
+
+def prune_shards(cache: Path, kept: set[str]) -> int:
+    """Delete every file but the shards current tracks use (older caches' files included): the folder is
+    a DVC output, versioned whole."""
+    stale = [item for item in cache.iterdir() if item.is_file() and item.name not in kept]
+    for shard in stale:
+        shard.unlink()
+    return len(stale)
 
 
 def load_latent_index(out_dir: Path) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from art2mus.tracking.registry import (
 )
 from tests.conftest import BIN, project_env, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # one worker builds pipeline_repo
 TRAIN_TIMEOUT = 1200  # seconds: the one retraining of this module
 
 
@@ -83,7 +83,7 @@ def test_forward_lineage_of_the_champion(lineage_repo: tuple[Path, str]) -> None
     inputs = {item["path"]: item for item in chain["inputs"]}
     for path in ("data/sample/artgraph", "data/sample/fma", "data/interim/pairs.parquet",
                  "data/processed/splits.parquet", "data/features/image_embeddings.safetensors",
-                 "data/latents/latents.safetensors", "models/prior"):
+                 "data/latents/latents_index.parquet", "data/latents/cache", "models/prior"):
         assert inputs[path]["cache"] == inputs[path]["remote"] == "present", inputs[path]
     assert not any(path.startswith(("reports/", "models/art2mus")) for path in inputs)  # nothing downstream
     assert chain["weights_sha256"] == record["weights_sha256"] and chain["git"]["commit"] == commit

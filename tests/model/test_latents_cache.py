@@ -76,6 +76,7 @@ def test_the_cache_keeps_mean_and_std_and_ignores_latents_cached_as_the_mode(bac
 
     summary = compute_latents(tracks, tmp_path / "fma", FakeBackbone(codec), AUDIO, out, quiet=True, shard_rows=2)
     assert summary["computed"] == 3 and codec.calls == 3
+    assert summary["shards_pruned"] == 3  # the older cache's files
     index = load_latent_index(out)
     assert index["track_id"].tolist() == [0, 1, 2] and index["shard"].nunique() == 2  # 2 + 1 rows
     posteriors = LatentPosteriors.from_index(out, index)
@@ -87,6 +88,12 @@ def test_the_cache_keeps_mean_and_std_and_ignores_latents_cached_as_the_mode(bac
 
     assert compute_latents(tracks, tmp_path / "fma", FakeBackbone(codec), AUDIO, out, quiet=True)["computed"] == 0
     assert codec.calls == 3  # cached posteriors are reused
+
+    # The shard folder is a DVC output, versioned whole: shards no current track uses are pruned.
+    kept = compute_latents(tracks.head(2), tmp_path / "fma", FakeBackbone(codec), AUDIO, out, quiet=True,
+                           shard_rows=2)
+    assert kept["computed"] == 0 and kept["shards_pruned"] == 1
+    assert sorted(p.name for p in (out / CACHE_DIR).glob("shard-*")) == sorted(set(load_latent_index(out)["shard"]))
 
 
 def latents_row_sha256(mean: torch.Tensor, std: torch.Tensor) -> str:
