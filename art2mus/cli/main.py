@@ -70,6 +70,9 @@ def ingest(
     artgraph: Annotated[Path, typer.Option(help="ArtGraph root: the metadata CSV and imagesf2/.")],
     fma: Annotated[Path, typer.Option(help="FMA root: fma_metadata/ and fma_<size>/.")],
     out: Annotated[Path, typer.Option(help="Where the manifests go.")],
+    artgraph_metadata: Annotated[Optional[Path], typer.Option(
+        help="The ArtGraph metadata CSV (default: ingest.artgraph.metadata_file in the ArtGraph root, or the "
+             "root's only CSV).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: ingest.workers).")] = None,
     params_file: Params = Path("params.yaml"),
     quiet: Quiet = False,
@@ -84,6 +87,12 @@ def ingest(
         config = params.ingest
         if workers is not None:
             config = config.model_copy(update={"workers": workers})
+        if artgraph_metadata is not None:
+            if not artgraph_metadata.is_file():
+                raise Art2MusError(f"{artgraph_metadata}: metadata file not found (--artgraph-metadata)")
+            metadata_file = str(artgraph_metadata.resolve())  # absolute: read as it is, not under --artgraph
+            config = config.model_copy(update={"artgraph": config.artgraph.model_copy(
+                update={"metadata_file": metadata_file})})
         summary = run_ingest(artgraph, fma, out, config, quiet=quiet,
                              min_track_seconds=params.audio.crop_offset_seconds + params.audio.crop_seconds)
     except Art2MusError as error:

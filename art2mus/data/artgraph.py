@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,27 @@ from art2mus.data.sources import (
 
 SOURCE = "artgraph"
 
+logger = logging.getLogger(__name__)
+
+
+def metadata_path(root: Path, params: ArtGraphParams) -> Path:
+    """The export's metadata CSV: `metadata_file` under `root` (an absolute one as it is).
+
+    When that file is missing and the folder holds exactly one CSV, that one is used and the log says so;
+    otherwise IngestError names what the folder holds and how to choose."""
+    configured = root / params.metadata_file
+    if configured.is_file():
+        return configured
+    found = sorted(path for path in root.glob("*.csv") if path.is_file()) if root.is_dir() else []
+    if len(found) == 1 and configured.parent == root:
+        logger.info("ingest: %s not found in %s; reading the only CSV there, %s (choose another with "
+                    "--artgraph-metadata or ingest.artgraph.metadata_file)", configured.name, root, found[0].name)
+        return found[0]
+    holds = (f"the folder holds {len(found)} CSV files ({', '.join(repr(path.name) for path in found)})" if found
+             else "the folder holds no CSV file")
+    raise IngestError(f"{configured}: metadata file not found; {holds}: name the export's metadata CSV with "
+                      "--artgraph-metadata FILE or params.yaml ingest.artgraph.metadata_file")
+
 
 def read_artgraph_metadata(root: Path, params: ArtGraphParams) -> tuple[pd.DataFrame, list[Quarantined]]:
     """The export's rows under our column names, keyed by `artwork_id`, and the rows set aside.
@@ -24,7 +46,7 @@ def read_artgraph_metadata(root: Path, params: ArtGraphParams) -> tuple[pd.DataF
     Missing required columns are fatal; bad rows (not UTF-8, no name, duplicate name) are
     quarantined. The image path is `<images_dir>/<name>` relative to `root`.
     """
-    csv_path = root / params.metadata_file
+    csv_path = metadata_path(root, params)
     frame, valid_utf8 = read_csv_strings(csv_path)
     mapping = params.columns.model_dump()
     missing = [source for source in mapping.values() if source not in frame.columns]

@@ -244,3 +244,35 @@ def test_tracks_too_short_for_the_models_crop_are_quarantined_with_the_reason(tm
     ).all()
     ingest(artgraph, fma, tmp_path / "kept", PARAMS, quiet=True, min_track_seconds=1.0)
     assert len(read_manifests(tmp_path / "kept")[1]) == 12
+
+
+def test_an_export_whose_only_csv_has_another_name_is_read_and_said(tmp_path: Path, caplog) -> None:
+    artgraph, fma = make_raw_dataset(tmp_path / "raw", 4, 4)
+    (artgraph / "artgraph.csv").rename(artgraph / "artgraph-export-2024.csv")
+    with caplog.at_level("INFO", logger="art2mus"):
+        summary = ingest(artgraph, fma, tmp_path / "out", PARAMS, quiet=True)
+    assert summary["artworks"] == 4
+    assert any("artgraph.csv not found" in record.getMessage() and "artgraph-export-2024.csv" in record.getMessage()
+               for record in caplog.records)
+
+
+def test_cli_reads_the_metadata_file_it_is_given_and_names_the_choices(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from art2mus.cli.main import app
+
+    artgraph, fma = make_raw_dataset(tmp_path / "raw", 4, 4)
+    (artgraph / "artgraph.csv").rename(artgraph / "export.csv")
+    (artgraph / "styles.csv").write_text("style\nBaroque\n")
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    command = ["ingest", "--artgraph", str(artgraph), "--fma", str(fma), "--out", str(tmp_path / "out"),
+               "--workers", "1", "--params", str(params), "--quiet"]
+    two = CliRunner().invoke(app, command)
+    assert two.exit_code == 1 and isinstance(two.exception, SystemExit) and "Traceback" not in two.output
+    assert f"{artgraph / 'artgraph.csv'}: metadata file not found" in two.output
+    assert "'export.csv', 'styles.csv'" in two.output and "--artgraph-metadata" in two.output
+    missing = CliRunner().invoke(app, [*command, "--artgraph-metadata", str(tmp_path / "nope.csv")])
+    assert missing.exit_code == 1 and f"{tmp_path / 'nope.csv'}: metadata file not found" in missing.output
+    given = CliRunner().invoke(app, [*command, "--artgraph-metadata", str(artgraph / "export.csv")])
+    assert given.exit_code == 0, given.output
+    assert "ingest: 4 artworks" in given.output and len(pd.read_parquet(tmp_path / "out" / "artworks.parquet")) == 4
