@@ -10,7 +10,7 @@ their own machine before spending GPU hours. It
    as the image encoder, a sample with tracks longer than the 10 s offset + 10.24 s crop, the gates'
    minimums lowered to the sample's size, a few optimizer steps with accumulation and checkpointing, a
    small evaluation with the caption baseline; the first-run promotion floor is lowered to 0 (a random-weight
-   model cannot pass them: the report says so);
+   model cannot pass it: the report says so);
 3. runs each DVC stage (`dvc repro -s`), measuring its wall seconds and peak memory (the stage's process
    tree), then the real retrain flow (`art2mus retrain`: sync, gates, register, decide, promote);
 4. serves the champion with `mlflow models serve` and sends it one request;

@@ -11,7 +11,7 @@ import pytest
 from art2mus.rehearsal.flow import STAGES, rehearse
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600), pytest.mark.xdist_group("rehearsal")]  # one build, one worker
 
 
 @pytest.fixture(scope="module")
