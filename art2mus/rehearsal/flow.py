@@ -48,6 +48,7 @@ STAGES = ("sample", "ingest", "validate_raw", "features", "pair", "split", "vali
 CHAMPION = "models:/art2mus-aligner@champion"
 BUILD_STAMP = "built.json"
 SERVE_TIMEOUT = 900  # seconds for the server to import torch and load the full-size model
+STEP_TIMEOUT = 3600  # seconds any one step may take before it is taken for a hang
 REQUEST_TIMEOUT = 1800
 
 
@@ -69,7 +70,7 @@ class RehearsalFailed(RuntimeError):
 
 
 def run_measured(name: str, command: list[str], cwd: Path, env: dict[str, str], log: Path,
-                 timeout: float | None = None) -> Measured:
+                 timeout: float = STEP_TIMEOUT) -> Measured:
     """Run `command`, its output appended to `log`: wall seconds and the peak RSS of its process tree.
 
     The peak comes from a small launcher process (`measure`): a child forked from this process would
@@ -88,6 +89,7 @@ def run_measured(name: str, command: list[str], cwd: Path, env: dict[str, str], 
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+            raise RehearsalFailed(f"{name} did not finish within {timeout:.0f} s; see {log}") from None
     seconds = time.monotonic() - started
     usage = json.loads(usage_file.read_text() or "{}")
     usage_file.unlink(missing_ok=True)
