@@ -610,6 +610,7 @@ def promote_candidate(root: Path, version: str, verdict: Verdict, by: str, param
     With `params`, the licence policy is checked first (a verdict may predate it)."""
     from art2mus.tracking.licences import LicenceBlocked
     from art2mus.tracking.registry import (
+        ChampionChanged,
         champion_version,
         get_version,
         promote,
@@ -625,13 +626,18 @@ def promote_candidate(root: Path, version: str, verdict: Verdict, by: str, param
     if blocked:
         record_validation(version, "failed", None, [*verdict.reasons, *blocked], client, champion=verdict.champion)
         raise LicenceBlocked(blocked[0])
-    try:
+    try:  # under the registry lock, the champion must still be the one `decide` compared against
         event = promote(version, by, reason=f"retrain: beat {verdict.champion or 'no champion (first run)'}",
-                        metrics=verdict.numbers, client=client)
+                        metrics=verdict.numbers, client=client, expected_champion=verdict.champion, root=root)
+    except ChampionChanged:
+        raise  # the verdict is stale, not the version: its validation stays as decided
     except Art2MusError as error:
         record_validation(version, "failed", None, [*verdict.reasons, str(error)], client, champion=verdict.champion)
         raise
-    logger.info("promote: version %s is the champion (was %s)", version, event.previous or "none")
+    if event is None:
+        logger.info("promote: version %s became the champion meanwhile; nothing recorded", version)
+    else:
+        logger.info("promote: version %s is the champion (was %s)", version, event.previous or "none")
     return version
 
 

@@ -74,9 +74,12 @@ def promote(
     try:
         policy = intended_use(root)
         check_licences(version_licences(get_version(version, registry_client(root)).tags), policy, version)
-        event = promote_version(version, by or current_user(), reason, force=force)
+        event = promote_version(version, by or current_user(), reason, force=force, root=root)
     except registry_errors() as error:
         fail("promote", error)
+    if event is None:
+        typer.echo(f"{MODEL_NAME}@champion: version {version} already; nothing recorded")
+        return
     typer.echo(f"{MODEL_NAME}@champion: version {event.version} (was {event.previous or 'none'})")
 
 
@@ -86,9 +89,9 @@ def rollback(by: By = None, reason: Reason = "", quiet: Quiet = False) -> None:
     from art2mus.tracking.registry import rollback as rollback_champion
 
     setup_logging(quiet)
-    configure_environment()
+    root = configure_environment()
     try:
-        event = rollback_champion(by or current_user(), reason)
+        event = rollback_champion(by or current_user(), reason, root=root)
     except registry_errors() as error:
         fail("rollback", error)
     typer.echo(f"{MODEL_NAME}@champion: version {event.version} (rolled back from {event.previous})")

@@ -14,17 +14,23 @@
   version tags (`promoted_by`, `promoted_at`, `previous_champion`) and in the registry-side log, one
   registered-model tag per event (`history.<ns>`), so history survives without local files.
 - Rollback walks that log back: every promotion pushes a version, every rollback pops one.
+- Operators take turns: reading the champion, checking it, moving the alias and writing the history
+  happen under the registry lock (a file lock in the project, REGISTRY_LOCK, plus the Prefect
+  concurrency limit `art2mus-registry` when a Prefect server is configured), held for seconds; the
+  smoke test runs before it. Not the retrain lock: a retrain holds that for its whole run and promotes
+  inside it. So two `promote 2` at once record one move, and the second finds 2 already champion.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from art2mus.data.schema import REGISTRY_LOCK
 from art2mus.errors import Art2MusError
 from art2mus.io import read_json
 from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment, git_state, tracking_uri
@@ -58,6 +65,18 @@ CODE_DIRS = ("art2mus/", "stages/")
 # The packaged model's metadata (art2mus.models.pipeline.MODEL_FILE, not imported from there: that pulls
 # in torch and diffusers, seconds a no-op retrain should not spend).
 MODEL_FILE = "model.json"
+REGISTRY_LIMIT = "art2mus-registry"  # the Prefect concurrency limit a move of the champion takes (with a server)
+REGISTRY_WAIT_SECONDS = 60.0  # how long a promotion or rollback waits for another one (each holds it for seconds)
+SLOT_REQUEST_SECONDS = 30.0  # the least time given to acquiring a Prefect slot (a request, even when one is free)
+ANY_CHAMPION = object()  # promote(expected_champion=...): move whichever version is champion now
+
+
+class RegistryBusy(Art2MusError):
+    """Another promotion or rollback held the registry lock for longer than we wait."""
+
+
+class ChampionChanged(Art2MusError):
+    """The champion is no longer the one a decision compared the candidate against."""
 
 
 @dataclass(frozen=True)
@@ -397,6 +416,73 @@ def smoke_test(version: str, client=None) -> None:
                            f"expected {round(seconds * rate)} finite samples")
 
 
+def prefect_server_url() -> str | None:
+    """PREFECT_API_URL (environment or Prefect profile), None when Prefect runs ephemerally."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+@contextlib.contextmanager
+def registry_slot(wait_seconds: float) -> Iterator[None]:
+    """One slot of the one-slot Prefect limit REGISTRY_LIMIT when a Prefect server is configured, so
+    operators of other checkouts sharing the tracking server take turns too (created on first use; an
+    operator's setting wins). The same mechanism as the retrain's limit (flows/retrain.py `retrain_slot`):
+    ephemeral Prefect keeps no lasting leases, so there the file lock alone keeps operators apart."""
+    url = prefect_server_url()
+    if not url:
+        yield
+        return
+    import httpx
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as prefect:
+            try:
+                prefect.read_global_concurrency_limit_by_name(REGISTRY_LIMIT)
+            except ObjectNotFound:
+                with contextlib.suppress(ObjectAlreadyExists):  # another operator created it meanwhile
+                    prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=REGISTRY_LIMIT, limit=1))
+    except (httpx.HTTPError, OSError) as error:
+        raise Art2MusError(f"registry: the Prefect server at {url} (PREFECT_API_URL) did not answer ({error}); "
+                           "start it, or unset PREFECT_API_URL to rely on the project's registry lock alone") from None
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(REGISTRY_LIMIT, occupy=1, strict=True,
+                                            timeout_seconds=max(wait_seconds, SLOT_REQUEST_SECONDS)))
+        except TimeoutError:
+            raise RegistryBusy(f"registry: the Prefect concurrency limit {REGISTRY_LIMIT!r} stayed full for "
+                               f"{wait_seconds:.0f} s (another promotion or rollback); try again") from None
+        yield
+
+
+@contextlib.contextmanager
+def registry_lock(root: Path | None = None, wait_seconds: float = REGISTRY_WAIT_SECONDS) -> Iterator[None]:
+    """Hold the registry lock: the project's REGISTRY_LOCK file and, with a Prefect server, its slot.
+
+    Held only around read-check-move of the champion alias and the history write (seconds)."""
+    from filelock import FileLock, Timeout
+
+    from art2mus.env import project_root
+
+    path = (root or project_root()) / REGISTRY_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with registry_slot(wait_seconds):
+        lock = FileLock(path)
+        try:
+            lock.acquire(timeout=wait_seconds)
+        except Timeout:
+            raise RegistryBusy(f"registry: another promotion or rollback has held {path} for {wait_seconds:.0f} s; "
+                               "try again when it has finished") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -430,14 +516,15 @@ def champion_stack(events: list[PromotionEvent]) -> list[str]:
             stack.pop()
             if not stack or stack[-1] != event.version:
                 stack.append(event.version)
-        else:
+        elif not stack or stack[-1] != event.version:  # a self-move (recorded by a race before the lock) moved nothing
             stack.append(event.version)
     return stack
 
 
 def move_champion(version: str, kind: str, by: str, reason: str, metrics: Mapping[str, float] | None,
                   client) -> PromotionEvent:
-    """Point `champion` at `version` (one atomic alias update), then record the event."""
+    """Point `champion` at `version` (one atomic alias update), then record the event; the caller holds
+    `registry_lock`."""
     previous = aliases(client).get(CHAMPION)
     client.set_registered_model_alias(MODEL_NAME, CHAMPION, str(version))
     event = PromotionEvent(at=utc_now(), kind=kind, version=str(version), previous=previous, by=by,
@@ -450,45 +537,69 @@ def move_champion(version: str, kind: str, by: str, reason: str, metrics: Mappin
 
 
 def promote(version: str, by: str, reason: str = "", metrics: Mapping[str, float] | None = None, client=None,
-            smoke: bool = True, force: bool = False) -> PromotionEvent:
+            smoke: bool = True, force: bool = False, expected_champion: str | None | object = ANY_CHAMPION,
+            root: Path | None = None) -> PromotionEvent | None:
     """Make `version` the champion: smoke test first, refuse a failed validation unless forced.
 
-    `smoke=False` is for a caller that has just run `smoke_test` on this version itself.
+    Promoting the champion is a no-op: None, nothing recorded. `smoke=False` is for a caller that has
+    just run `smoke_test` on this version itself. With `expected_champion` (the version a decision
+    compared against, None for none), a champion that changed meanwhile raises ChampionChanged and
+    nothing moves. The smoke test runs before the registry lock; the checks that matter are made
+    again under it.
     """
-    client = client or registry_client()
+    client = client or registry_client(root)
     model_version = get_version(version, client)
-    current = aliases(client)
-    if current.get(CHAMPION) == str(version):
-        raise Art2MusError(f"registry: version {version} is already the champion")
+    if aliases(client).get(CHAMPION) == str(version):
+        logger.info("registry: version %s is already the champion; nothing to do", version)
+        return None
     if model_version.tags.get(VALIDATION_TAG) == "failed" and not force:
         raise Art2MusError(f"registry: version {version} failed validation (tag {VALIDATION_TAG}); "
                            "promote it anyway with --force")
     if smoke:
         smoke_test(version, client)
-    event = move_champion(version, "promote", by, reason, metrics, client)
-    if model_version.tags.get(VALIDATION_TAG) == "awaiting_approval":  # this promotion is the approval
-        for key, value in {VALIDATION_TAG: "passed", "approved_by": by, "approved_at": event.at}.items():
-            client.set_model_version_tag(MODEL_NAME, str(version), key, value)
-    if current.get(CHALLENGER) == str(version):
-        client.delete_registered_model_alias(MODEL_NAME, CHALLENGER)  # it no longer challenges: it won
+    with registry_lock(root):
+        current = aliases(client)
+        champion = current.get(CHAMPION)
+        if champion == str(version):
+            logger.info("registry: version %s became the champion meanwhile (art2mus history); nothing recorded",
+                        version)
+            return None
+        if expected_champion is not ANY_CHAMPION and champion != expected_champion:
+            raise ChampionChanged(
+                f"registry: the champion is now {f'version {champion}' if champion else 'none'}, not "
+                f"{f'version {expected_champion}' if expected_champion else 'none'} as when version {version} was "
+                f"judged (it moved meanwhile: art2mus history); version {version} is not promoted; retrain again "
+                "to judge it against the current champion")
+        model_version = get_version(version, client)  # its validation as it is now
+        if model_version.tags.get(VALIDATION_TAG) == "failed" and not force:
+            raise Art2MusError(f"registry: version {version} failed validation (tag {VALIDATION_TAG}); "
+                               "promote it anyway with --force")
+        event = move_champion(version, "promote", by, reason, metrics, client)
+        if model_version.tags.get(VALIDATION_TAG) == "awaiting_approval":  # this promotion is the approval
+            for key, value in {VALIDATION_TAG: "passed", "approved_by": by, "approved_at": event.at}.items():
+                client.set_model_version_tag(MODEL_NAME, str(version), key, value)
+        if current.get(CHALLENGER) == str(version):
+            client.delete_registered_model_alias(MODEL_NAME, CHALLENGER)  # it no longer challenges: it won
     logger.info("registry: version %s is the champion (was %s)", version, event.previous or "none")
     return event
 
 
-def rollback(by: str, reason: str = "", client=None) -> PromotionEvent:
-    """Give the champion alias back to the champion before the current one (per the history)."""
-    client = client or registry_client()
-    current = aliases(client).get(CHAMPION)
-    if current is None:
-        raise Art2MusError(f"registry: {MODEL_NAME} has no champion to roll back")
-    stack = champion_stack(history(client))
-    if not stack or stack[-1] != current:
-        raise Art2MusError(f"registry: the champion (version {current}) was not set through art2mus promote, "
-                           "so the history cannot say which version came before it")
-    if len(stack) < 2:
-        raise Art2MusError(f"registry: version {current} is the first champion; there is nothing to roll back to")
-    target = stack[-2]
-    event = move_champion(target, "rollback", by, reason or f"rollback from version {current}", None, client)
-    client.set_model_version_tag(MODEL_NAME, current, "rolled_back_at", event.at)
+def rollback(by: str, reason: str = "", client=None, root: Path | None = None) -> PromotionEvent:
+    """Give the champion alias back to the champion before the current one (per the history): always
+    another version (the history's stack never holds one version twice in a row)."""
+    client = client or registry_client(root)
+    with registry_lock(root):
+        current = aliases(client).get(CHAMPION)
+        if current is None:
+            raise Art2MusError(f"registry: {MODEL_NAME} has no champion to roll back")
+        stack = champion_stack(history(client))
+        if not stack or stack[-1] != current:
+            raise Art2MusError(f"registry: the champion (version {current}) was not set through art2mus promote, "
+                               "so the history cannot say which version came before it")
+        if len(stack) < 2:
+            raise Art2MusError(f"registry: version {current} is the first champion; there is nothing to roll back to")
+        target = stack[-2]
+        event = move_champion(target, "rollback", by, reason or f"rollback from version {current}", None, client)
+        client.set_model_version_tag(MODEL_NAME, current, "rolled_back_at", event.at)
     logger.info("registry: rolled back the champion from version %s to %s", current, target)
     return event

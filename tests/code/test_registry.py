@@ -137,8 +137,7 @@ def test_promotion_rollback_and_history_keep_exactly_one_champion(client: Mlflow
     assert versions_holding(client, CHAMPION) == ["1"]
     with pytest.raises(Art2MusError, match="first champion; there is nothing to roll back to"):
         rollback(by="carol", client=client)
-    with pytest.raises(Art2MusError, match="already the champion"):
-        promote("1", by="alice", client=client, smoke=False)
+    assert promote("1", by="alice", client=client, smoke=False) is None  # already the champion: records nothing
 
     fresh = MlflowClient(tracking_uri=client.tracking_uri)  # nothing but the store remembers
     events = history(fresh)
@@ -203,6 +202,8 @@ def test_cli_promote_rollback_and_history(client: MlflowClient) -> None:
     assert result.exit_code == 0, result.output
     assert "art2mus-aligner@champion: version 1 (was none)" in result.output
     assert runner.invoke(app, ["promote", "2", "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["promote", "2", "--quiet"])
+    assert result.exit_code == 0 and "version 2 already; nothing recorded" in result.output
     result = runner.invoke(app, ["rollback", "--quiet"])
     assert result.exit_code == 0 and "version 1 (rolled back from 2)" in result.output
     events = json.loads(runner.invoke(app, ["history", "--json"]).output)
