@@ -4,15 +4,18 @@ Writes the final aligner (safetensors + config), a record of the MLflow run id a
 hash (so a flow knows which model it has when DVC skips this stage), and the loss curve.
 A killed run resumes from its last checkpoint when params, data and prior are unchanged.
 
-Data parallel under torchrun (`python -m torch.distributed.run --standalone --nproc_per_node N
--m stages.train`): every process trains its slice of each batch; only rank 0 (`process_rank()`,
-from the launcher's RANK, known before accelerate starts) opens the MLflow run, writes checkpoints
-and writes the outputs. The other ranks make no MLflow call and write nothing.
+Data parallel by params: `train.processes` above 1 (or auto on a multi-GPU node) relaunches this stage
+under torchrun (`art2mus.training.launch`: `python -m torch.distributed.run --standalone --nproc_per_node N
+-m stages.train`, which also works typed by hand); every process trains its slice of each batch; only
+rank 0 (`process_rank()`, from the launcher's RANK, known before accelerate starts) opens the MLflow run,
+picks the checkpoint all ranks resume from, writes checkpoints and writes the outputs. The other ranks
+make no MLflow call and write nothing.
 """
 
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +36,7 @@ from art2mus.tracking import stage_run
 from art2mus.tracking.lineage import record_training_lineage
 from art2mus.tracking.runs import process_rank
 from art2mus.training.aligner import StreamedPairs, train_aligner, weights_sha256
+from art2mus.training.launch import die_with_launcher, launched_child, relaunch_under_torchrun, requested_processes
 
 RECORD = Path("models/train_record.json")
 MODEL_DIR = Path("models/art2mus")  # the packaged model: aligner + prior + encoder spec
@@ -76,6 +80,13 @@ def remove_interrupted_writes(path: Path) -> None:
 def main(resume: bool = True) -> None:
     params = load_params()
     config = params.train
+    if launched_child():
+        die_with_launcher()
+    elif (processes := requested_processes(config)) > 1:
+        code = relaunch_under_torchrun(processes)
+        if code:
+            sys.exit(code)
+        return
     out = Path(config.out_dir)
     main_process = process_rank() == 0
     with stage_run("train", config, params.tracking.experiment) as run:  # inactive on other ranks

@@ -184,6 +184,17 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def resumable_checkpoint(out_dir: Path, fingerprint: str) -> Path | None:
+    """The latest checkpoint when it was written by this configuration (its `fingerprint`), else None."""
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is None:
+        return None
+    if torch.load(checkpoint / STATE_FILE, weights_only=True).get("fingerprint") != fingerprint:
+        logger.info("train: checkpoints in %s are from another configuration; starting fresh", out_dir)
+        return None
+    return checkpoint
+
+
 def remove_interrupted_checkpoints(out_dir: Path) -> None:
     """Delete what a killed checkpoint save left: atomic_path's `.step-*.tmp` / `.old` folders."""
     directory = out_dir / CHECKPOINTS_DIR
@@ -232,6 +243,7 @@ def train_aligner(
     gets the same weights; the caller decides what rank 0 alone does with them.
     """
     from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
 
     torch.set_num_threads(params.threads)
     cuda = torch.cuda.is_available()
@@ -251,11 +263,14 @@ def train_aligner(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, params))
     losses: list[tuple[int, float]] = []
     first_step = 0
-    checkpoint = latest_checkpoint(out_dir) if resume else None
+    # Rank 0 chooses and every rank resumes from its choice: ranks reading the folder for themselves could
+    # disagree when a checkpoint appears or is pruned between their reads.
+    choice = [str(resumable_checkpoint(out_dir, fingerprint) or "") if resume and accelerator.is_main_process
+              else ""]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(choice, from_process=0)
+    checkpoint = Path(choice[0]) if choice[0] else None
     state = torch.load(checkpoint / STATE_FILE, weights_only=True) if checkpoint is not None else None
-    if state is not None and state.get("fingerprint") != fingerprint:
-        logger.info("train: checkpoints in %s are from another configuration; starting fresh", out_dir)
-        state = None
     if state is not None:
         aligner.load_state_dict(ImageAligner.from_pretrained(checkpoint / "aligner").state_dict())
         optimizer.load_state_dict(state["optimizer"])

@@ -8,7 +8,18 @@ import torch
 
 from art2mus.config import AudioParams, BackboneParams, TrainParams
 from art2mus.models.tiny import build_tiny_backbone
+from art2mus.training import aligner
 from art2mus.training.aligner import AlignerData, train_aligner, weights_sha256
+
+READ = []  # whether this process looked for a checkpoint to resume
+
+
+def resumable_checkpoint(out_dir: Path, fingerprint: str) -> Path | None:
+    READ.append(True)
+    return chosen(out_dir, fingerprint)
+
+
+chosen, aligner.resumable_checkpoint = aligner.resumable_checkpoint, resumable_checkpoint
 
 
 def main(out: Path) -> None:
@@ -17,12 +28,12 @@ def main(out: Path) -> None:
     embeds = torch.randn(32, 8, generator=generator)
     latents = torch.randn(32, *backbone.latent_shape, generator=generator)
     params = TrainParams(steps=6, batch_size=8, checkpoint_every=3, tokens=2, hidden_dim=16, threads=1)
-    result = train_aligner(AlignerData(embeds, latents), backbone, params, out, quiet=True)
+    result = train_aligner(AlignerData(embeds, latents), backbone, params, out, resume=True, quiet=True)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
     record = {"world": world, "rank": rank, "backend": backend, "sha": weights_sha256(result.aligner),
-              "losses": [loss for _, loss in result.losses]}
+              "losses": [loss for _, loss in result.losses], "read_checkpoints": bool(READ)}
     (out / f"rank{rank}.json").write_text(json.dumps(record))
 
 
