@@ -1,4 +1,5 @@
-"""`art2mus promote`, `rollback`, `history`: the champion alias of `art2mus-aligner`, by hand."""
+"""`art2mus promote`, `rollback`, `history`: the champion alias of `art2mus-aligner`, by hand;
+`art2mus tracking relocate`: a copied or moved project's store pointed at its own artifacts."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ Reason = Annotated[str, typer.Option("--reason", help="Why, for the history.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
 
 logger = logging.getLogger(__name__)
+
+tracking_app = typer.Typer(no_args_is_help=True)
+
+
+@tracking_app.callback()
+def tracking() -> None:
+    """The project's MLflow tracking store."""  # a callback keeps `relocate` a subcommand
 
 
 def current_user() -> str:
@@ -116,3 +124,32 @@ def history(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
         metrics = ", ".join(f"{key}={value:.4g}" for key, value in sorted(event.metrics.items()))
         typer.echo(f"{event.at}  {event.kind:8}  {event.previous or '-':>4} -> {event.version:<4} by {event.by}"
                    f"{': ' + event.reason if event.reason else ''}{'  [' + metrics + ']' if metrics else ''}")
+
+
+@tracking_app.command("relocate")
+def relocate(dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change; change nothing.")] = False,
+             ) -> None:
+    """Point a copied or moved project's mlflow.db at this project's mlartifacts/ (a run does it by itself
+    before logging; this says what it changes, and which artifact folders the other project has and this
+    one lacks)."""
+    import sqlite3
+
+    from art2mus.tracking.runs import DEFAULT_ARTIFACTS, DEFAULT_DB, project_store, relocate_store, tracking_uri
+
+    setup_logging(quiet=True)
+    root = configure_environment()
+    uri = tracking_uri(root)
+    if project_store(uri, root) is None:
+        typer.echo(f"the tracking store ({uri}) is not this project's {DEFAULT_DB}: nothing to relocate")
+        return
+    relocated = 0
+    try:
+        while (relocation := relocate_store(root, uri, dry_run=dry_run)) is not None:
+            typer.echo(relocation.summary(dry_run))
+            relocated += 1
+            if dry_run:  # a dry run changes nothing: the next call would find the same
+                break
+    except sqlite3.Error as error:
+        fail("tracking relocate", Art2MusError(f"{root / DEFAULT_DB}: {error}"))
+    if not relocated:
+        typer.echo(f"{root / DEFAULT_DB} keeps its artifacts in {root / DEFAULT_ARTIFACTS}: nothing to change")

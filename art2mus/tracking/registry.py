@@ -41,7 +41,7 @@ import yaml
 from art2mus.data.schema import REGISTRY_LOCK
 from art2mus.errors import Art2MusError
 from art2mus.io import read_json
-from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment, git_state, tracking_uri
+from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment, git_state, relocate_if_moved, tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +123,16 @@ class PromotionEvent:
 
 
 def registry_client(root: Path | None = None):
-    """An MlflowClient on the project's tracking store (`MLFLOW_TRACKING_URI` wins)."""
+    """An MlflowClient on the project's tracking store (`MLFLOW_TRACKING_URI` wins); the project's own
+    store, copied or moved from another project, is relocated first (so `gc` in a copy never deletes,
+    nor a run writes, the original's artifacts)."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri(root))
+    from art2mus.env import project_root
+
+    uri = tracking_uri(root)
+    relocate_if_moved(root or project_root(), uri)
+    return MlflowClient(tracking_uri=uri)
 
 
 def read_lock(lock_file: Path) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """Atomic writes and the MLflow run context every stage uses."""
 
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,106 @@ def test_read_json_names_a_broken_file_and_reads_a_good_one(tmp_path: Path) -> N
     broken.write_text('{"weights_sha256": ', encoding="utf-8")  # truncated by a crash elsewhere
     with pytest.raises(Art2MusError, match=r"models/model\.json: not valid JSON"):
         read_json(broken)
+
+
+def artifact_files(root: Path) -> set[str]:
+    folder = root / "mlartifacts"
+    return {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()} if folder.is_dir() else set()
+
+
+def log_report(root: Path, text: str) -> str:
+    """A stage run in the project at `root` that logs one small artifact; its run id (as its own process
+    would: mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would carry one project's store over)."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    report = root / "report.txt"
+    report.write_text(text)
+    with stage_run("split", SplitParams(), "art2mus", root=root) as run:
+        run.log_artifact(report)
+    return run.run_id
+
+
+def test_a_copied_project_writes_its_artifacts_into_itself_and_reads_the_copied_ones(
+        tmp_path: Path, monkeypatch, caplog) -> None:
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    original, copy = tmp_path / "A", tmp_path / "B"
+    original.mkdir()
+    (original / "params.yaml").write_text("{}\n")
+    first = log_report(original, "logged in A")
+    in_original = artifact_files(original)
+    shutil.copytree(original, copy)
+
+    with caplog.at_level(logging.WARNING, logger="art2mus.tracking.runs"):
+        second = log_report(copy, "logged in B")
+
+    assert artifact_files(original) == in_original  # nothing of B's run landed in A
+    assert f"{copy / 'mlartifacts'}" in caplog.text and "relocated" in caplog.text  # it says what it changed
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{copy}/mlflow.db")
+    for run_id, text in ((first, "logged in A"), (second, "logged in B")):
+        assert client.get_run(run_id).info.artifact_uri.startswith((copy / "mlartifacts").as_uri())
+        assert Path(client.download_artifacts(run_id, "report.txt", str(tmp_path / run_id))).read_text() == text
+    assert client.get_experiment_by_name("art2mus").artifact_location == (copy / "mlartifacts").as_uri()
+    original_client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{original}/mlflow.db")
+    assert original_client.get_experiment_by_name("art2mus").artifact_location == (original / "mlartifacts").as_uri()
+
+
+def test_the_registry_of_a_copied_project_reads_and_deletes_only_its_own_artifacts(tmp_path: Path, monkeypatch) -> None:
+    """`art2mus gc`, `promote`, `history` open the store through registry_client: no run needs to come first."""
+    from art2mus.tracking.registry import registry_client
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    original, copy = tmp_path / "A", tmp_path / "B"
+    original.mkdir()
+    (original / "params.yaml").write_text("{}\n")
+    run_id = log_report(original, "logged in A")
+    shutil.copytree(original, copy)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    client = registry_client(copy)
+    assert client.get_run(run_id).info.artifact_uri.startswith((copy / "mlartifacts").as_uri())
+    assert client.get_experiment_by_name("art2mus").artifact_location == (copy / "mlartifacts").as_uri()
+
+
+def test_relocating_a_store_copied_without_its_artifacts_names_what_is_missing(tmp_path: Path, monkeypatch) -> None:
+    from art2mus.tracking.runs import relocate_store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    original, clone = tmp_path / "A", tmp_path / "C"
+    original.mkdir()
+    (original / "params.yaml").write_text("{}\n")
+    run_id = log_report(original, "logged in A")
+    clone.mkdir()
+    for name in ("params.yaml", "mlflow.db"):  # a clone given the database only
+        shutil.copy(original / name, clone / name)
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    planned = relocate_store(clone, dry_run=True)
+    assert planned is not None and planned.old_root == original and planned.new_root == clone
+    assert planned.changed["runs.artifact_uri"] == 1 and planned.changed["experiments.artifact_location"] >= 1
+    assert relocate_store(clone, dry_run=True) == planned  # a dry run changes nothing
+    done = relocate_store(clone)
+    assert done == planned and done.missing == [f"{run_id}/artifacts"]  # in A, not here: named
+    assert f"{run_id}/artifacts" in done.summary() and str(original / "mlartifacts") in done.summary()
+    assert relocate_store(clone) is None  # nothing left to relocate
+
+
+def test_cli_relocate_says_what_it_changes(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from art2mus.cli.registry import tracking_app
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    original, copy = tmp_path / "A", tmp_path / "B"
+    original.mkdir()
+    (original / "params.yaml").write_text("{}\n")
+    log_report(original, "logged in A")
+    shutil.copytree(original, copy)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runner = CliRunner()
+    dry = runner.invoke(tracking_app, ["relocate", "--dry-run"])
+    assert dry.exit_code == 0 and "would relocate" in dry.output and "1 runs.artifact_uri" in dry.output, dry.output
+    done = runner.invoke(tracking_app, ["relocate"])
+    assert done.exit_code == 0 and f"relocated to {copy / 'mlartifacts'}" in done.output, done.output
+    again = runner.invoke(tracking_app, ["relocate"])
+    assert again.exit_code == 0 and "nothing to change" in again.output

@@ -66,6 +66,7 @@ def seeded_store(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> 
 @pytest.fixture
 def client(seeded_store: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
     shutil.copy(seeded_store[0], tmp_path / "mlflow.db")
+    shutil.copytree(seeded_store[0].parent / "mlartifacts", tmp_path / "mlartifacts")  # a copy of the project
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
