@@ -13,7 +13,7 @@ from art2mus.cli.alerts import app as alerts_app
 from art2mus.cli.fad import fad
 from art2mus.cli.gc import gc
 from art2mus.cli.lineage import lineage
-from art2mus.cli.registry import history, promote, rollback
+from art2mus.cli.registry import history, promote, rollback, tracking_app
 from art2mus.cli.remote import remote_app
 from art2mus.cli.retrain import retrain, schedule
 from art2mus.config import load_params
@@ -232,6 +232,7 @@ app.command("lineage")(lineage)
 app.command("gc")(gc)
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(remote_app, name="remote")
+app.add_typer(tracking_app, name="tracking")
 
 
 if __name__ == "__main__":
