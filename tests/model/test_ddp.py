@@ -17,7 +17,7 @@ import pytest
 
 from art2mus.config import TrainParams
 from art2mus.training import launch
-from tests.conftest import BIN, copy_project, kill_group, project_env, run
+from tests.conftest import BIN, copy_project, project_env
 
 # A project small enough that its upstream stages run in a minute or two, and a 2-process training run
 # of a few tiny steps (threads=1: the two workers share the machine's 2 cores).
@@ -80,8 +80,18 @@ def test_a_worker_knows_it_was_launched(monkeypatch: pytest.MonkeyPatch) -> None
 def upstream_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny project copy on which every stage `train` depends on has run (`dvc repro latents`)."""
     root = copy_project(tmp_path_factory.mktemp("ddp") / "project", TINY_PROJECT)
-    run([str(BIN / "dvc"), "repro", "latents"], root, timeout=TIMEOUT)
+    result = subprocess.run([str(BIN / "dvc"), "repro", "latents"], cwd=root, env=project_env(root),
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session=True and its group (dvc, the stage, its launcher)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def project_copy(upstream: Path, destination: Path) -> Path:
