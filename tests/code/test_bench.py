@@ -84,7 +84,17 @@ def test_memory_quick() -> None:
             assert positive(row["seconds"]) and row["peak_rss_mb"] >= row["baseline_rss_mb"] > 0
         assert positive(result["stages"][stage]["peak_largest_vs_smallest"])
         assert math.isfinite(result["stages"][stage]["peak_growth_mb_per_1000_pairs"])
-    assert_goals(result, {"features_peak_flat", "latents_peak_flat"}, larger_is_better=False)
+    training = result["training"]
+    rows = training["rows"]
+    assert [row["pairs"] for row in rows] == [row["size"] for row in rows] and rows[-1]["size"] == 10 * rows[0]["size"]
+    for row in rows:
+        assert row["steps"] >= 1 and positive(row["seconds"])
+        # Anonymous memory only: the memory-mapped shards' pages count in RSS, not in RssAnon.
+        assert row["peak_rss_anon_mb"] >= row["baseline_rss_anon_mb"] > 0 and positive(row["rss_file_mb"])
+        assert row["peak_rss_mb"] >= row["peak_rss_anon_mb"]
+    assert positive(training["rss_anon_peak_largest_vs_smallest"]) and positive(training["cached_mb_largest"])
+    assert math.isfinite(training["rss_anon_growth_mb_per_1000_pairs"])
+    assert_goals(result, {"features_peak_flat", "latents_peak_flat", "training_rss_anon_flat"}, larger_is_better=False)
 
 
 def test_generation_quick() -> None:
