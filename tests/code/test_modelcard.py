@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from art2mus.config import Params
+from art2mus.config import PINNED_REVISION, Params
 from art2mus.tracking.licences import (
     Licence,
     LicenceCount,
@@ -95,7 +95,7 @@ def test_the_real_backbones_card_has_no_tiny_profile_limits_and_says_why_metrics
     params = Params.model_validate({"backbone": {"profile": "audioldm2"}})
     card = model_card_markdown(card_inputs(params))
     assert "Griffin-Lim" not in card and "not the paper's model" not in card
-    assert "cvssp/audioldm2-music@main" in card and "CC BY-NC-SA 4.0 (noncommercial)" in card
+    assert f"cvssp/audioldm2-music@{PINNED_REVISION}" in card and "CC BY-NC-SA 4.0 (noncommercial)" in card
     assert "No evaluation of these weights: reports/evaluate/metrics.json is missing" in card
 
 
