@@ -15,7 +15,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site_cache
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup browser postgres run test bench clean stack-up stack-down stack-status
+.PHONY: setup browser postgres run test test-fast bench clean stack-up stack-down stack-status
 
 setup: $(STAMP)
 
@@ -71,8 +71,17 @@ stack-status:
 run: setup
 	$(BIN)/art2mus retrain
 
+# The whole suite on TEST_WORKERS pytest-xdist workers (0: one process). The tests that share the
+# pipeline fixture's `dvc repro` run on one worker, everything else beside them (tests/conftest.py).
+TEST_WORKERS ?= 2
+TEST_XDIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 test: setup browser postgres
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(TEST_XDIST)
+
+# The edit-test loop: everything not marked slow (no pipeline, servers or training runs).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(TEST_XDIST)
 
 bench: setup
 	$(BIN)/python -m bench
@@ -84,3 +93,20 @@ clean:
 # measured into reports/rehearsal/ (CPU: ~15-20 min; CUDA: also the batch fit under a capped allocator).
 rehearse-model: setup
 	$(BIN)/python -m art2mus.rehearsal.model_part --size real --out reports/rehearsal
+
+# The full-size rehearsal of the real profile (README "The real profile"): the real retrain flow on
+# random-weight AudioLDM2-music + CLIP ViT-L/14 (+ ImageBind-huge), served once, and the model part's
+# figures, into reports/rehearsal/. rehearse-ci: the same flow at the smallest sizes (also a test in `make test`).
+rehearse: setup
+	$(BIN)/python -m art2mus.rehearsal.flow run --mode full --out reports/rehearsal
+
+rehearse-ci: setup
+	$(BIN)/python -m art2mus.rehearsal.flow run --mode ci --out reports/rehearsal-ci
+
+# For a bare GPU machine (torch + transformers, no registry): the wheels the model part needs beyond
+# them, to carry with the repository. There: pip install --no-deps dist/gpu-wheels/*.whl, then
+# python -m art2mus.rehearsal.model_part --size real --device cuda --out reports/rehearsal-gpu
+gpu-wheels: setup
+	rm -rf dist/gpu-wheels
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --platform manylinux2014_x86_64 --platform any -d dist/gpu-wheels diffusers==0.42.1

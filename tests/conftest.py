@@ -1,4 +1,17 @@
-"""Shared fixtures: a temporary copy of the project as a git repo, for end-to-end runs."""
+"""Shared fixtures: a temporary copy of the project as a git repo, for end-to-end runs.
+
+`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`). The tests that use
+the shared session fixtures (`pipeline_repo`: the pipeline's `dvc repro`, ~10-12 min on a quiet
+2-core machine; `prefect_api`) are marked `xdist_group("pipeline")` so that they run on one worker
+and the pipeline is built once; every other module is its own group (its module fixtures are built
+once, its tests run in file order). The pipeline group starts first, then the groups with slow
+tests, then the rest. Each worker runs torch on one thread.
+
+Timeouts (pyproject.toml) catch hangs, not slowness: a test's call gets `timeout` seconds, its
+fixtures' setup does not count (`timeout_func_only`); the pipeline's `dvc repro` has its own limit
+(PIPELINE_TIMEOUT). A shared fixture that fails says why in full at the first test that needs it and
+in one line at every later one, without being run again.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +22,156 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
 BIN = Path(sys.executable).parent
 
 # The end-to-end run is the embedded default itself (the learning run the model tests assert on);
 # overrides here would only shrink it.
 E2E_PARAMS: dict = {}
 SERVER_TIMEOUT = 180  # seconds a test server may take to answer
+# Seconds the pipeline fixture's `dvc repro` may run: ~10-12 min quiet, longer next to the other
+# worker; about 3x of that before it counts as hung. The variable overrides it (a slower machine).
+PIPELINE_TIMEOUT = int(os.environ.get("ART2MUS_TEST_PIPELINE_TIMEOUT", "2700"))
+COMMAND_TIMEOUT = 1800  # seconds any other `run` command may take (as a test call: pyproject's `timeout`)
+OUTPUT_TAIL = 3000  # characters of a failed command's output shown
+
+# The session fixtures every worker would otherwise build for itself, and the one group that has them.
+SHARED_FIXTURES = ("pipeline_repo", "prefect_api")
+SHARED_GROUP = "pipeline"
+# One thread per worker: two workers share the 2-core CI machine. Stage subprocesses that set their
+# threads from params.yaml keep doing so.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+MISPLACED = pytest.StashKey[str]()  # why a test that uses a shared fixture is in another group
+
+
+def xdist_worker() -> bool:
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
+def one_torch_thread() -> None:
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if xdist_worker():
+        os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))
+        one_torch_thread()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if MISPLACED in item.stash:
+        pytest.fail(item.stash[MISPLACED], pytrace=False)
+    # An in-process run that set its own threads (training from params) does not carry them over.
+    if xdist_worker() and "torch" in sys.modules:
+        one_torch_thread()
+
+
+def xdist_groups(item: pytest.Item) -> set[str]:
+    return {str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")}
+
+
+def group_name(item: pytest.Item) -> str:
+    """The group pytest-xdist schedules `item` in (its groups joined, as pytest-xdist joins them)."""
+    return "_".join(sorted(xdist_groups(item)))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    """Every user of a shared fixture is in SHARED_GROUP; any other module is a group of its own."""
+    for item in items:
+        groups = xdist_groups(item)
+        if set(SHARED_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            if not groups:  # the module's marker was forgotten: still one build of the fixtures
+                item.add_marker(pytest.mark.xdist_group(SHARED_GROUP))
+            elif groups != {SHARED_GROUP}:
+                item.stash[MISPLACED] = (
+                    f"this test uses a shared session fixture ({', '.join(SHARED_FIXTURES)}) but is in "
+                    f"xdist_group {'_'.join(sorted(groups))!r}, so a second worker would build the fixture again; "
+                    f"mark it (or its module) xdist_group({SHARED_GROUP!r}) only")
+        elif not groups:
+            module = item.path.relative_to(TESTS) if item.path.is_relative_to(TESTS) else item.path
+            item.add_marker(pytest.mark.xdist_group(module.with_suffix("").as_posix()))
+    yield  # pytest-xdist's own hook (a worker under --dist loadgroup) appends "@<group>" to each node id
+    if getattr(config.option, "loadgroup", False):
+        for item in items:
+            group_node_id(item)
+        # Longest first: the shared group, then the groups with slow tests, then the rest (each group in
+        # file order). Under --no-loadscope-reorder (make test) the scheduler hands the groups out in this
+        # order, so quick groups fill the end instead of one slow module running alone at the end.
+        rank = {group_name(item): 1 for item in items if item.get_closest_marker("slow")} | {SHARED_GROUP: 0}
+        items.sort(key=lambda item: rank.get(group_name(item), 2))
+
+
+def group_node_id(item: pytest.Item) -> None:
+    """The "@<group>" suffix that tells pytest-xdist's loadgroup scheduler an item's group, where pytest-xdist
+    3.8 could not add it: it writes `item._nodeid`, which pytest 9.2 no longer reads (its node ids are
+    structured, `item._id`), and then every test is scheduled alone (pytest-dev/pytest-xdist#1386).
+    A no-op once pytest-xdist adds the suffix itself."""
+    suffix = "@" + group_name(item)
+    node_id = getattr(item, "_id", None)
+    if not item.nodeid.endswith(suffix) and hasattr(node_id, "parse"):
+        item._id = node_id.parse(item.nodeid + suffix)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    """On the controller: stop before any test runs if the groups did not reach the scheduler."""
+    if node.config.option.dist == "loadgroup" and ids and not all("@" in nodeid for nodeid in ids):
+        pytest.exit(f"pytest-xdist (--dist loadgroup) got no xdist_group for {ids[0]} and would schedule every "
+                    "test alone, building the shared fixtures on every worker; run with -n 0 (make test "
+                    "TEST_WORKERS=0) or with a pytest and pytest-xdist that group (tests/conftest.py)", returncode=4)
+
+
+class SharedFixtureFailed(pytest.fail.Exception):
+    """A shared session fixture failed. pytest keeps this one exception and raises it again for every
+    test that needs the fixture (the fixture is not run again); after the first test's report it
+    shrinks to one line that points there."""
+
+    def __init__(self, fixture: str, summary: str, detail: str) -> None:
+        super().__init__(f"{fixture} failed: {summary}\n{detail}".rstrip(), pytrace=False)
+        self.fixture, self.summary, self.first_test = fixture, summary, None
+
+    def reported(self, nodeid: str) -> None:
+        if self.first_test is None:
+            self.first_test = nodeid
+            self.msg = (f"{self.fixture} fixture failed earlier: {self.summary}; "
+                        f"see the first error (at the setup of {nodeid})")
+
+
+@contextmanager
+def shared_fixture(name: str) -> Iterator[None]:
+    """Turn any failure in a shared fixture's body into a SharedFixtureFailed."""
+    try:
+        yield
+    except SharedFixtureFailed:
+        raise
+    except (Exception, pytest.fail.Exception) as error:
+        lines = str(error).strip().splitlines()
+        summary = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+        raise SharedFixtureFailed(name, summary, traceback.format_exc()[-OUTPUT_TAIL:]) from None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    report = yield
+    if call.excinfo is not None and isinstance(call.excinfo.value, SharedFixtureFailed):
+        call.excinfo.value.reported(item.nodeid)
+    return report
 
 
 def project_files() -> list[str]:
@@ -73,18 +221,68 @@ def project_env(root: Path) -> dict[str, str]:
     return env
 
 
-def run(command: list[str], root: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=root, env=project_env(root), capture_output=True, text=True)
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session=True and everything it started (DVC's stages)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run(command: list[str], root: Path, check: bool = True,
+        timeout: float | None = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
+    """`command` in `root` with the project's environment; on a timeout or an interrupted test (a
+    pytest-timeout) its whole process group is killed, so no stage keeps running behind the test."""
+    with subprocess.Popen(command, cwd=root, env=project_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(process)
+            try:
+                stdout, stderr = process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # a process outside the group still holds the pipes
+                stdout, stderr = "", ""
+            raise AssertionError(f"{' '.join(command)} did not finish within {timeout} s and was killed:\n"
+                                 f"{stdout[-OUTPUT_TAIL:]}\n{stderr[-OUTPUT_TAIL:]}") from None
+        except BaseException:
+            kill_group(process)
+            raise
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 
 
+def repro(root: Path, log: Path, timeout: float) -> None:
+    """`dvc repro` in `root`, its output in `log`; a failure or timeout names the log and shows its end."""
+    started = time.monotonic()
+    with open(log, "wb") as output:
+        process = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=root, env=project_env(root), stdout=output,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(process)
+        process.wait()
+        outcome = f"`dvc repro` did not finish within {timeout:.0f} s (ART2MUS_TEST_PIPELINE_TIMEOUT) and was killed"
+    except BaseException:
+        kill_group(process)
+        raise
+    else:
+        if code == 0:
+            return
+        outcome = f"`dvc repro` exited with {code} after {time.monotonic() - started:.0f} s"
+    tail = log.read_text(errors="replace")[-OUTPUT_TAIL:]
+    raise SharedFixtureFailed("pipeline_repo", outcome, f"its output, in {log}, ends:\n{tail}")
+
+
 @pytest.fixture(scope="session")
 def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project copy on which the whole pipeline has run once with `dvc repro` (shared by e2e tests)."""
-    root = copy_project(tmp_path_factory.mktemp("project"), E2E_PARAMS)
-    run([str(BIN / "dvc"), "repro"], root)
+    with shared_fixture("pipeline_repo"):
+        root = copy_project(tmp_path_factory.mktemp("project"), E2E_PARAMS)
+        repro(root, tmp_path_factory.mktemp("pipeline_log") / "dvc-repro.log", PIPELINE_TIMEOUT)
     return root
 
 
@@ -127,10 +325,11 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     api = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + SERVER_TIMEOUT
     try:
-        while not answers(f"{api}/health"):
-            assert server.poll() is None, f"the Prefect server exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"the Prefect server did not answer:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
+        with shared_fixture("prefect_api"):
+            while not answers(f"{api}/health"):
+                assert server.poll() is None, f"the Prefect server exited:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"the Prefect server did not answer:\n{log.read_text()[-3000:]}"
+                time.sleep(0.5)
         yield api
     finally:
         stop(server)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # one worker builds pipeline_repo
 CHANCE = 1 / 8
 
 
