@@ -73,7 +73,10 @@ run: setup
 
 # The whole suite on TEST_WORKERS pytest-xdist workers (0: one process). The tests that share the
 # pipeline fixture's `dvc repro` run on one worker, everything else beside them (tests/conftest.py).
-TEST_WORKERS ?= 2
+# Serial by default: on CI's 2 cores the stages' own 2 torch threads beside a second worker oversubscribe
+# the cores and the pipeline fixture's tiny prior ran ~10x slower (11 s/step); `make test TEST_WORKERS=2`
+# runs the groups in parallel where there are cores to spare.
+TEST_WORKERS ?= 0
 TEST_XDIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test: setup browser postgres
