@@ -385,6 +385,21 @@ class GcParams(Section):
     keep_versions: int = Field(3, ge=0)  # previous champions a rollback can return to, newest first
 
 
+PILLOW_MAX_IMAGE_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: Pillow warns above it and refuses above twice it
+
+
+class ServingParams(Section):
+    """Limits of the served model (art2mus/serving/pyfunc.py): over any of them a request is answered with
+    HTTP 400 naming the limit. A server has no params.yaml: they travel in the logged model's model_config."""
+
+    max_pixels: int = Field(16_777_216, ge=1, le=PILLOW_MAX_IMAGE_PIXELS)  # per image, from its header (4,096 x 4,096)
+    max_rows: int = Field(16, ge=1)  # images per request
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)  # per image, as sent (before base64 encoding)
+    max_seconds: float = Field(30.0, gt=0)
+    max_steps: int = Field(200, ge=1)
+    max_guidance_scale: float = Field(20.0, ge=0)
+
+
 class Params(Section):
     """The whole of params.yaml; `auto` values resolve to the backbone profile's (PROFILE_DEFAULTS)."""
 
@@ -405,6 +420,7 @@ class Params(Section):
     promotion: PromotionParams = PromotionParams()
     alerts: AlertsParams = AlertsParams()
     gc: GcParams = GcParams()
+    serving: ServingParams = ServingParams()
 
     @model_validator(mode="before")
     @classmethod

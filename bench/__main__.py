@@ -16,6 +16,7 @@ BENCHMARKS = {
     "training": "bench.training",
     "memory": "bench.memory",
     "generation": "bench.generation",
+    "serving_memory": "bench.serving_memory",
 }
 RESULTS = Path("bench/results")
 

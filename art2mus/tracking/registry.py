@@ -260,6 +260,14 @@ def version_tags(identity: str, record: Mapping[str, Any], info: Mapping[str, An
     }
 
 
+def serving_limits(lineage: Lineage) -> dict[str, Any]:
+    """The served model's limits (`serving:` of the params the lineage recorded; defaults when none): they
+    travel in the model_config, since a server has no params.yaml."""
+    from art2mus.config import ServingParams
+
+    return ServingParams.model_validate(lineage.params.get("serving") or {}).model_dump()
+
+
 def log_pyfunc(model_dir: Path, identity: str, record: Mapping[str, Any], lineage: Lineage, uri: str,
                experiment: str, root: Path) -> tuple[str, str, str]:
     """Log the pyfunc in a `register` run; returns (model uri, logged model id, run id)."""
@@ -279,7 +287,7 @@ def log_pyfunc(model_dir: Path, identity: str, record: Mapping[str, Any], lineag
         logged = mlflow.pyfunc.log_model(
             name=LOGGED_MODEL_NAME, python_model=str(MODEL_CODE), artifacts={MODEL_ARTIFACT: str(model_dir)},
             signature=model_signature(), input_example=input_example(), pip_requirements=runtime_requirements(),
-            model_config={"identity": identity},
+            model_config={"identity": identity, "serving": serving_limits(lineage)},
         )
     return logged.model_uri, logged.model_id, run.info.run_id
 

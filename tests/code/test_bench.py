@@ -25,7 +25,7 @@ def assert_goals(result: dict, names: set[str], larger_is_better: bool = True) -
 
 
 def test_every_benchmark_is_registered_with_a_run_function() -> None:
-    assert list(BENCHMARKS) == ["ingest", "pairing", "training", "memory", "generation"]
+    assert list(BENCHMARKS) == ["ingest", "pairing", "training", "memory", "generation", "serving_memory"]
     assert all(callable(benchmark(name)) for name in BENCHMARKS)
 
 
@@ -106,3 +106,11 @@ def test_generation_quick() -> None:
     assert positive(result["seconds_outside_loop"])
     assert all(math.isfinite(result[name]["seconds_per_step"]) for name in ("dpmsolver++", "ddim"))
     assert_goals(result, {"dpmsolver_vs_ddim_speedup"})
+
+
+def test_serving_memory_quick() -> None:
+    result = benchmark("serving_memory")(quick=True)
+    assert result["benchmark"] == "serving_memory" and result["hostile_requests"] == 4
+    assert result["hostile_answers"] == {"400": 4}  # every hostile request refused
+    assert positive(result["rss_after_benign_mb"]) and positive(result["rss_after_hostile_mb"])
+    assert_goals(result, {"rss_after_hostile_mb"}, larger_is_better=False)

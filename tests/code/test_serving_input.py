@@ -1,9 +1,16 @@
-"""The served model's input contract: image bytes or base64 in, never a path; bad values are 400s."""
+"""The served model's input contract: image bytes or base64 in, never a path; bad values are 400s.
+
+Limits (`serving:` in params.yaml, carried by the logged model's model_config): an image is checked
+from its header (pixel count) before any pixel is decoded, a request's rows are counted before any
+image is looked at, and every row is checked before the first one is decoded; rows are then decoded
+and generated one at a time, so at most one decoded image is alive at once.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +19,7 @@ import soundfile as sf
 from mlflow.pyfunc import PythonModelContext
 from PIL import Image
 
+from art2mus.config import ServingParams
 from art2mus.serving.pyfunc import (
     Art2MusModel,
     InvalidRequest,
@@ -19,6 +27,7 @@ from art2mus.serving.pyfunc import (
     example_image_base64,
     parse_requests,
 )
+from bench.serving_memory import blank_png  # 9,400 x 9,400 in 86 KB, streamed
 from tests.tiny_model import build_tiny_model
 
 
@@ -91,6 +100,9 @@ def test_values_that_are_not_images_say_what_is_wrong(value, message) -> None:
     ({"seconds": -1.0}, "seconds: must be in \\(0, 30\\]"),
     ({"seconds": float("inf")}, "seconds: expected a finite number"),
     ({"guidance_scale": 50.0}, "guidance_scale: must be in \\[0, 20\\]"),
+    ({"steps": 201}, "got 201 \\(serving.max_steps\\)"),
+    ({"seconds": 31.0}, "\\(serving.max_seconds\\)"),
+    ({"guidance_scale": 21.0}, "\\(serving.max_guidance_scale\\)"),
 ])
 def test_settings_are_bounded_and_named_by_row(row, message) -> None:
     with pytest.raises(InvalidRequest, match=message):
@@ -113,11 +125,19 @@ def test_requests_come_as_frames_dicts_or_records_and_defaults_fill_in() -> None
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Art2MusModel:
-    folder = build_tiny_model(tmp_path_factory.mktemp("tiny"), {"weights_sha256": "ab" * 32})
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))  # no recorded hash to verify on load
+
+
+def served_model(folder: Path, model_config: dict) -> Art2MusModel:
     served = Art2MusModel()
-    served.load_context(PythonModelContext(artifacts={"model": str(folder)}, model_config={"identity": "id-1"}))
+    served.load_context(PythonModelContext(artifacts={"model": str(folder)}, model_config=model_config))
     return served
+
+
+@pytest.fixture(scope="module")
+def model(tiny_folder: Path) -> Art2MusModel:
+    return served_model(tiny_folder, {"identity": "id-1"})  # logged before the limits travelled: defaults
 
 
 def wav(row: pd.Series) -> tuple[np.ndarray, int]:
@@ -133,4 +153,99 @@ def test_each_row_gets_a_wav_that_depends_only_on_that_row(model: Art2MusModel) 
     (first, rate), (second, _), (single, _) = wav(both.iloc[0]), wav(both.iloc[1]), wav(alone.iloc[0])
     assert rate == 16000 and len(second) == 8000 and both["seconds"].tolist() == [0.5, 0.5]
     assert np.array_equal(second, single) and not np.array_equal(first, second)
-    assert both["weights_sha256"].iloc[0] == "ab" * 32 and both["model_identity"].iloc[0] == "id-1"
+    assert both["weights_sha256"].iloc[0] == str(model.pipeline.info.get("weights_sha256", ""))
+    assert both["model_identity"].iloc[0] == "id-1"
+
+
+def test_an_image_over_the_pixel_cap_is_refused_from_its_header_naming_the_limit() -> None:
+    huge = blank_png(9400, 9400)
+    assert len(huge) < 100_000  # 88 megapixels in 86 KB
+    for value in (huge, base64.b64encode(huge).decode(), blank_png(9400, 9400, pixels=False)):
+        with pytest.raises(InvalidRequest) as error:  # the header-only PNG proves no pixel was decoded
+            decode_image(value)
+        assert "9,400 x 9,400" in error.value.message and "serving.max_pixels (16,777,216)" in error.value.message
+        assert error.value.get_http_status_code() == 400
+    assert decode_image(blank_png(4096, 4096)).size == (4096, 4096)  # the cap itself is accepted
+    with pytest.raises(InvalidRequest, match=r"30 x 20 pixels is more than serving.max_pixels \(599\)"):
+        decode_image(PNG, ServingParams(max_pixels=599))
+
+
+def test_pillows_own_bomb_check_is_not_what_answers() -> None:
+    """Above 2 x PIL.Image.MAX_IMAGE_PIXELS Pillow refuses to even open an image; the answer still names our limit."""
+    with pytest.raises(InvalidRequest) as error:
+        decode_image(blank_png(20000, 20000, pixels=False))
+    assert "serving.max_pixels (16,777,216)" in error.value.message and "400,000,000" in error.value.message
+    assert "decompression bomb" not in error.value.message
+
+
+def test_the_byte_cap_is_named_and_checked_before_base64_is_decoded() -> None:
+    with pytest.raises(InvalidRequest, match=r"more than serving.max_image_bytes \(100\)"):
+        decode_image(PNG, ServingParams(max_image_bytes=100))
+    with pytest.raises(InvalidRequest, match=r"serving.max_image_bytes \(100\)"):
+        decode_image("A" * 1000, ServingParams(max_image_bytes=100))
+
+
+def test_rows_over_the_cap_are_refused_before_any_image_is_looked_at() -> None:
+    rows = [{"image": PNG}] * 16 + [{"image": "/etc/passwd"}]
+    with pytest.raises(InvalidRequest) as error:
+        parse_requests(rows)
+    assert error.value.message.startswith("17 rows is more than serving.max_rows (16)")
+    assert len(parse_requests(rows[:16])) == 16
+    with pytest.raises(InvalidRequest, match=r"2 rows is more than serving.max_rows \(1\)"):
+        parse_requests(rows[:2], ServingParams(max_rows=1))
+
+
+def test_checking_a_request_decodes_no_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every row's header is checked before any row is decoded: a huge image in row 2 fails the request with
+    nothing decoded at all, and a request that passes holds its rows undecoded."""
+    from PIL import ImageFile
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("parse_requests decoded an image")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    good = base64.b64encode(PNG).decode()
+    with pytest.raises(InvalidRequest, match=r"^row 2: image: 9,400 x 9,400 pixels"):
+        parse_requests([{"image": good}, {"image": PNG}, {"image": blank_png(9400, 9400)}])
+    checked = parse_requests([{"image": good}, {"image": PNG, "steps": 3}])
+    assert [(request.size, request.steps) for request in checked] == [((30, 20), 25), ((30, 20), 3)]
+
+
+class CountingPipeline:
+    """The model's pipeline, recording the images it is called with."""
+
+    def __init__(self, pipeline) -> None:
+        self.pipeline, self.calls = pipeline, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.pipeline, name)
+
+    def __call__(self, images: list, config):
+        self.calls.append([image.size for image in images])
+        return self.pipeline(images, config)
+
+
+def test_an_over_limit_row_fails_the_request_before_any_row_is_generated(model: Art2MusModel,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = CountingPipeline(model.pipeline)
+    monkeypatch.setattr(model, "pipeline", counting)
+    settings = {"seconds": 0.5, "steps": 1}
+    with pytest.raises(InvalidRequest, match="^row 1: image: 9,400 x 9,400 pixels .* serving.max_pixels"):
+        model.predict(None, pd.DataFrame([{"image": PNG, **settings}, {"image": blank_png(9400, 9400), **settings}]))
+    assert counting.calls == []
+    # A row whose header passes but whose pixels are cut short is found when its turn comes: still a 400 for
+    # the whole request, named by its row (one answer, no partial results).
+    with pytest.raises(InvalidRequest, match="^row 1: image: not a decodable image"):
+        model.predict(None, pd.DataFrame([{"image": PNG, **settings}, {"image": PNG[:len(PNG) // 2], **settings}]))
+    assert counting.calls == [[(30, 20)]]
+
+
+def test_the_limits_travel_in_the_model_config(tiny_folder: Path) -> None:
+    limited = served_model(tiny_folder, {"identity": "id-2", "serving": {"max_rows": 1, "max_pixels": 600}})
+    settings = {"seconds": 0.5, "steps": 1}
+    with pytest.raises(InvalidRequest, match=r"2 rows is more than serving.max_rows \(1\)"):
+        limited.predict(None, pd.DataFrame([{"image": PNG, **settings}] * 2))
+    with pytest.raises(InvalidRequest, match=r"32 x 32 pixels is more than serving.max_pixels \(600\)"):
+        limited.predict(None, pd.DataFrame([{"image": example_image_base64(), **settings}]))
+    answered = limited.predict(None, pd.DataFrame([{"image": PNG, **settings}]))
+    assert answered["model_identity"].tolist() == ["id-2"] and answered["seconds"].tolist() == [0.5]
