@@ -1,11 +1,11 @@
 """Stage `evaluate`: the trained model against its baselines on the test split (metrics, plots, report)."""
 
-import json
 from pathlib import Path
 
 from art2mus.config import load_params
 from art2mus.evaluation.evaluate import (METRICS_FILE, REPORT_DIR, evaluate_model, load_split, planted_factors,
                                          summary_line)
+from art2mus.io import read_json
 from art2mus.models.pipeline import Art2MusPipeline
 from art2mus.stage import run_stage
 from art2mus.tracking import stage_run
@@ -25,7 +25,7 @@ def main() -> None:
     params = load_params()
     config = params.evaluate
     with stage_run("evaluate", config, params.tracking.experiment) as run:
-        record = json.loads(RECORD.read_text())
+        record = read_json(RECORD)
         pipeline = Art2MusPipeline.from_pretrained(MODEL_DIR)
         out = Path(config.out_dir)
         evaluation = evaluate_model(pipeline, load_split(params, config.split), params, out, planted_factors(params),

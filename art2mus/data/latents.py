@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from art2mus.config import AudioParams
-from art2mus.io import atomic_path
+from art2mus.io import UnreadableFile, atomic_path, check_safetensors, open_safetensors, read_table, unreadable
 from art2mus.models.audio import CROP_VERSION, AudioDecodeError, log_mel, mel_transform, model_crop, read_mono
 from art2mus.models.backbone import Backbone
 
@@ -57,15 +57,18 @@ def row_sha256(mean: torch.Tensor, std: torch.Tensor) -> str:
 
 
 def cached_rows(cache: Path) -> dict[str, tuple[str, int, str]]:
-    """key -> (shard file name, row, content sha256) for every row of every shard (headers only)."""
-    from safetensors import safe_open
-
+    """key -> (shard file name, row, content sha256) for every row of every readable shard (headers only); a
+    damaged shard is skipped with a warning (its tracks are computed again and it is pruned)."""
     found: dict[str, tuple[str, int, str]] = {}
     for shard in sorted(cache.glob("shard-*.safetensors")):
-        with safe_open(shard, "pt") as handle:
-            meta = handle.metadata() or {}
-        for row, (key, digest) in enumerate(zip(json.loads(meta.get("keys", "[]")),
-                                                json.loads(meta.get("sha256", "[]")))):
+        try:
+            with open_safetensors(shard) as handle:
+                meta = handle.metadata() or {}
+            rows = list(zip(json.loads(meta.get("keys", "[]")), json.loads(meta.get("sha256", "[]"))))
+        except (UnreadableFile, ValueError) as error:
+            logger.warning("latents: skipping damaged shard %s; its tracks are computed again (%s)", shard, error)
+            continue
+        for row, (key, digest) in enumerate(rows):
             found.setdefault(key, (shard.name, row, digest))
     return found
 
@@ -149,7 +152,7 @@ def prune_shards(cache: Path, kept: set[str]) -> int:
 
 def load_latent_index(out_dir: Path) -> pd.DataFrame:
     """The index `compute_latents` wrote: track_id, key, shard, row, sha256 (content hash)."""
-    return pd.read_parquet(Path(out_dir) / INDEX_FILE)
+    return read_table(Path(out_dir) / INDEX_FILE)
 
 
 class LatentPosteriors:
@@ -162,19 +165,30 @@ class LatentPosteriors:
 
     @classmethod
     def from_index(cls, out_dir: Path, index: pd.DataFrame) -> "LatentPosteriors":
-        return cls(Path(out_dir) / CACHE_DIR, index["shard"].tolist(), index["row"].tolist())
+        """The rows `index` names; each shard it uses must be there and complete (its header is read here,
+        so a damaged shard is named before training starts rather than in a data loader's worker)."""
+        cache = Path(out_dir) / CACHE_DIR
+        for shard in dict.fromkeys(index["shard"]):
+            if not (cache / shard).is_file():
+                raise UnreadableFile(f"{cache / shard}: missing, but {Path(out_dir) / INDEX_FILE} uses it; "
+                                     "re-run `dvc repro latents` to rebuild it")
+            check_safetensors(cache / shard)
+        return cls(cache, index["shard"].tolist(), index["row"].tolist())
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         shard, row = self.shards[i], self.rows[i]
-        if shard not in self._handles:
-            self._handles[shard] = safe_open(self.cache / shard, "pt")
-        handle = self._handles[shard]
-        return handle.get_slice("mean")[row: row + 1][0], handle.get_slice("std")[row: row + 1][0]
+        try:
+            if shard not in self._handles:
+                self._handles[shard] = safe_open(self.cache / shard, "pt")
+            handle = self._handles[shard]
+            return handle.get_slice("mean")[row: row + 1][0], handle.get_slice("std")[row: row + 1][0]
+        except (SafetensorError, OSError) as error:  # changed on disk after `from_index` checked it
+            raise unreadable(self.cache / shard, error) from None
 
     def __getstate__(self) -> dict:  # handles stay in the process that opened them
         return {**self.__dict__, "_handles": {}}

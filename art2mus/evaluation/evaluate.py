@@ -16,7 +16,6 @@ different priors still compare on the same items, candidates, noise, timesteps a
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from art2mus.evaluation.planted import MUSIC_FACTORS, VOCODE_BATCH, fit_factor_e
 from art2mus.evaluation.report import MetricRow, ReportItem, write_report
 from art2mus.evaluation.scores import image_bind_score_of, kl_score
 from art2mus.generation import open_image, write_wav
-from art2mus.io import atomic_path, read_table, write_json_atomic
+from art2mus.io import atomic_path, read_json, read_table, write_json_atomic
 from art2mus.models.aligner import ImageAligner
 from art2mus.models.audio import log_mel, mel_transform, model_crop, read_mono
 from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig
@@ -171,7 +170,7 @@ def planted_factors(params: Params, root: Path = Path(".")) -> PlantedFactors | 
     path = sample_dir / "factors.csv"
     if not path.is_file() or not fma_dir.is_relative_to(sample_dir):
         return None
-    levels = pd.read_csv(path).dropna(subset=["track_id"]).astype({"track_id": "int64"}).set_index("track_id")
+    levels = read_table(path).dropna(subset=["track_id"]).astype({"track_id": "int64"}).set_index("track_id")
     return PlantedFactors(levels[list(MUSIC_FACTORS)], load_split(params, "train", root))
 
 
@@ -343,7 +342,7 @@ def summary_line(metrics: dict[str, Any]) -> str:
 
 
 def read_metrics(out_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(out_dir) / METRICS_FILE).read_text())
+    return read_json(Path(out_dir) / METRICS_FILE)
 
 
 def evaluate_uri(model: str, params: Params, split: str | None = None, out_dir: Path | None = None,

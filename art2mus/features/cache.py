@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from art2mus.io import atomic_path, write_json_atomic
+from art2mus.io import atomic_path, open_safetensors, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -135,16 +135,15 @@ class EmbeddingCache:
         return path
 
     def get(self, hashes: list[str]) -> torch.Tensor:
-        """Embeddings [len(hashes), D] in the given order (every hash must be cached)."""
-        from safetensors import safe_open
-
+        """Embeddings [len(hashes), D] in the given order (every hash must be cached); a shard damaged since
+        `scan` is an UnreadableFile naming it."""
         matrix = torch.zeros(len(hashes), self.dim or 0)
         by_shard: dict[Path, list[tuple[int, int]]] = {}
         for position, content_hash in enumerate(hashes):
             shard, row = self.rows[content_hash]
             by_shard.setdefault(shard, []).append((position, row))
         for shard, pairs in by_shard.items():
-            with safe_open(str(shard), framework="pt") as handle:
+            with open_safetensors(shard) as handle:
                 stored = handle.get_tensor("embeddings")
             positions = torch.tensor([position for position, _ in pairs])
             rows = torch.tensor([row for _, row in pairs])

@@ -27,7 +27,7 @@ from art2mus.config import AudioParams, FeaturesParams
 from art2mus.errors import Art2MusError
 from art2mus.features.cache import EmbeddingCache
 from art2mus.features.media import MediaError, decode_audio_crop, decode_image, read_checked
-from art2mus.io import atomic_path, write_json_atomic, write_table_atomic
+from art2mus.io import atomic_path, open_safetensors, unreadable, write_json_atomic, write_table_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -171,15 +171,16 @@ def save_embeddings(embeddings: Embeddings, modality: str, path: Path) -> None:
 
 def load_embeddings(out_dir: str | Path, modality: str) -> Embeddings:
     """(ids, matrix [N, D], encoder_id, shared_space) of "image" or "audio" embeddings in `out_dir`."""
-    from safetensors import safe_open
-
     if modality not in EMBEDDING_FILES:
         raise ValueError(f"modality must be one of {sorted(EMBEDDING_FILES)}, got {modality!r}")
     path = Path(out_dir) / EMBEDDING_FILES[modality]
     if not path.is_file():
         raise Art2MusError(f"{path} not found: run the features stage first (dvc repro features)")
-    with safe_open(str(path), framework="pt") as handle:
-        record = json.loads((handle.metadata() or {})[METADATA_KEY])
+    with open_safetensors(path) as handle:
+        try:
+            record = json.loads((handle.metadata() or {})[METADATA_KEY])
+        except (KeyError, ValueError) as error:
+            raise unreadable(path, f"no readable {METADATA_KEY!r} record: {type(error).__name__}") from None
         matrix = handle.get_tensor("embeddings")
     return Embeddings(ids=record["ids"], matrix=matrix, encoder_id=record["encoder_id"],
                       shared_space=record["shared_space"])

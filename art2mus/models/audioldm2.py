@@ -8,6 +8,12 @@ is what AudioLDM2 trained its unconditional LOA as). No language about the image
 The text encoders run once, in the `prior` stage (`empty_prompt_streams`, saved beside the reference);
 every later load reads only the UNet, GPT-2, VAE, HiFi-GAN and scheduler (`load_kept_parts`).
 
+What a load verifies: from a local folder, every kept part's weights and configs read (a truncated file is
+named) and the folder still hashes to the identity the prior stage recorded (`loader.verify_local_source`);
+from the Hugging Face cache, every kept file's content matches the hash the cache stores it under (the
+sha256 of a weights file, git's blob id of a config: `verify_snapshot`). Each file is hashed once while it
+is unchanged (`art2mus.io.verified_sha256_file`: in the process, and for large files across processes).
+
 The real checkpoint has two quirks the loader undoes: its `model_index.json` declares the language
 model as `GPT2Model`, which has no `_update_model_kwargs_for_generation` (diffusers' generation needs
 `GPT2LMHeadModel`: it is loaded explicitly from the `language_model` folder, same weights), and the
@@ -17,14 +23,21 @@ CLAP `text_encoder/config.json` says `torch_dtype: float64` (every part is loade
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import math
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from art2mus.io import check_model_folder, verified_sha256_file
 from art2mus.models.backbone import Backbone, BackboneError, resolve_device
+
+logger = logging.getLogger(__name__)
 
 PROFILE = "audioldm2"
 DEFAULT_SECONDS = 10.24  # what the prior was trained on: 1024 mel frames at 16 kHz, hop 160
@@ -171,6 +184,75 @@ def empty_prompt_streams(source: str, revision: str, max_new_tokens: int,
             "empty_loa": loa.cpu().contiguous()}
 
 
+LOADED_FOLDERS = (*KEPT_PARTS, "language_model")  # the subfolders a backbone load reads
+
+
+def check_local_parts(source: str) -> None:
+    """Every weights and config file a load reads from a local folder is complete (a truncated one is named)."""
+    folder = Path(source).expanduser()
+    for part in LOADED_FOLDERS:
+        if (folder / part).is_dir():
+            check_model_folder(folder / part, f"restore the AudioLDM2 folder {folder} ({SOURCE_HINT})")
+
+
+def snapshot_folder(source: str, revision: str) -> Path | None:
+    """The Hugging Face cache's snapshot of hub id `source` at `revision` (a commit or a ref), if it is cached."""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / f"models--{source.replace('/', '--')}"
+    ref = repo / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    folder = repo / "snapshots" / commit
+    return folder if folder.is_dir() else None
+
+
+def git_blob_sha1(path: Path) -> str:
+    """Git's id of a file's content (what the hub's etag is for a file not stored with LFS)."""
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def cache_blob(file: Path) -> Path:
+    """The `blobs/<etag>` entry a snapshot file links to: one link followed, since the blob may itself link on to
+    a store shared between caches, named by another hash."""
+    return Path(os.path.normpath(file.parent / os.readlink(file))) if file.is_symlink() else file
+
+
+def verify_snapshot(folder: Path, parts: tuple[str, ...] = LOADED_FOLDERS, hint: str = "") -> int:
+    """Check each file of `parts` in a cache snapshot against the hash the cache stores it under: its blob's name
+    is the sha256 of an LFS file (the weights) or git's blob id of a small one (configs). BackboneError naming
+    the file and both hashes on a mismatch. Returns how many files were verified."""
+    checked = 0
+    for part in parts:
+        for file in sorted((folder / part).rglob("*")) if (folder / part).is_dir() else ():
+            if not file.is_file():
+                continue
+            blob = cache_blob(file)
+            if re.fullmatch(r"[0-9a-f]{64}", blob.name):
+                actual = verified_sha256_file(blob)
+            elif re.fullmatch(r"[0-9a-f]{40}", blob.name):
+                actual = git_blob_sha1(blob)
+            else:  # not stored as a cache blob (a copied snapshot): no recorded hash to check against
+                continue
+            if actual != blob.name:
+                raise BackboneError(f"{file}: its content hashes to {actual}, but the Hugging Face cache stores it as "
+                                    f"{blob.name} (the hash it was downloaded with): the file changed on disk; "
+                                    f"delete {blob} and download it again{hint}")
+            checked += 1
+    return checked
+
+
+def verify_hub_files(source: str, revision: str) -> None:
+    """`verify_snapshot` on the cached snapshot a hub load read (logged when there is none to check)."""
+    folder = snapshot_folder(source, revision)
+    if folder is None:
+        logger.warning("AudioLDM2 %s@%s: no snapshot in the Hugging Face cache to verify the loaded files against",
+                       source, revision)
+        return
+    hint = f" (huggingface-cli download {source} --revision {revision})"
+    logger.info("AudioLDM2 %s@%s: %d cached files verified", source, revision, verify_snapshot(folder, hint=hint))
+
+
 def load_kept_parts(source: str, revision: str, dtype: torch.dtype = torch.float32) -> dict[str, object]:
     """UNet, GPT-2 (with its head), VAE, HiFi-GAN and scheduler, each from its subfolder: no text encoders."""
     from diffusers import AutoencoderKL, DDIMScheduler
@@ -178,6 +260,8 @@ def load_kept_parts(source: str, revision: str, dtype: torch.dtype = torch.float
     from transformers import SpeechT5HifiGan
 
     where, kwargs = location(source, revision)
+    if is_local_source(source):
+        check_local_parts(source)
     try:
         with quiet_loading():
             return {
@@ -203,6 +287,8 @@ def load_audioldm2_backbone(source: str, revision: str, max_new_tokens: int, nul
     device = resolve_device(device)
     streams = streams or empty_prompt_streams(source, revision, max_new_tokens, device)
     parts = load_kept_parts(source, revision, dtype)
+    if not is_local_source(source):
+        verify_hub_files(source, revision)
     empty_loa = streams["empty_loa"].to(dtype)
     null_loa = torch.zeros_like(empty_loa) if null_conditioning == "zeros" else empty_loa
     vocoder, vae = parts["vocoder"], parts["vae"]

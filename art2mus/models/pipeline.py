@@ -3,6 +3,12 @@
 A packaged model is a folder: `aligner/` (safetensors + config), `prior/` (the tiny backbone's weights,
 or a reference to AudioLDM2), and `model.json` (the image encoder's spec and the identities of
 every part), so it generates without the repository.
+
+Loading verifies it (`verify_parts`): every weights and config file must read (a truncated one is named), and
+each part must be the one `model.json` records: the aligner's tensors hash to `weights_sha256` (the train
+record's hash), the prior is `prior` (`tiny@<folder hash>`, `local@<folder hash>` or `<hub id>@<revision>`,
+its files verified by `load_backbone`), the image encoder is `image_encoder_id`. A mismatch is an error naming
+the file and both hashes; `info` then reports the hashes of what was loaded.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 
 from art2mus.config import EncoderSpec
 from art2mus.errors import Art2MusError
+from art2mus.io import check_model_folder, read_json, rebuild_hint
 from art2mus.models.aligner import ImageAligner
 from art2mus.models.backbone import Backbone, resolve_device
 from art2mus.models.loader import load_backbone
@@ -61,6 +68,38 @@ def save_model(path: str | Path, aligner: ImageAligner, prior_dir: str | Path, e
     (path / MODEL_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
+def aligner_weights_file(folder: Path) -> Path:
+    """The aligner's weights file in its folder (what `save_pretrained` wrote), for messages."""
+    found = sorted(folder.glob("*.safetensors"))
+    return found[0] if found else folder
+
+
+def verify_parts(path: Path, info: dict[str, Any], aligner: ImageAligner, backbone: Backbone,
+                 encoder) -> dict[str, Any]:
+    """`info` with the hashes of what was loaded, after checking them against those `model.json` records
+    (each where one is recorded): Art2MusError naming the file and both hashes on a mismatch."""
+    from art2mus.training.aligner import weights_sha256
+
+    loaded = {"weights_sha256": weights_sha256(aligner), "prior": str(backbone.info.get("identity", "")),
+              "image_encoder_id": str(encoder.encoder_id)}
+    where = {"weights_sha256": aligner_weights_file(path / "aligner"), "prior": path / "prior",
+             "image_encoder_id": f"image encoder {info['image_encoder'].get('name')} "
+                                 f"{info['image_encoder'].get('source') or '(built in)'}"}
+    what = {"weights_sha256": "aligner weights", "prior": "prior", "image_encoder_id": "image encoder"}
+    verified = []
+    for key, actual in loaded.items():
+        recorded = info.get(key)
+        if not recorded:
+            continue
+        if recorded != actual:
+            raise Art2MusError(
+                f"{where[key]}: the {what[key]} loaded hash to {actual}, but {path / MODEL_FILE} records {recorded} "
+                f"({key}): the model's files changed after it was trained; restore them "
+                f"({rebuild_hint(path / MODEL_FILE)}) or load the model from where it was registered")
+        verified.append(key)
+    return {**info, **loaded, "verified_on_load": verified}
+
+
 PEAK_LIMIT = 0.99
 
 
@@ -95,10 +134,17 @@ class Art2MusPipeline:
         path = Path(path)
         if not (path / MODEL_FILE).is_file():
             raise Art2MusError(f"{path}: not an art2mus model (no {MODEL_FILE})")
-        info = json.loads((path / MODEL_FILE).read_text())
+        info = read_json(path / MODEL_FILE)
+        check_model_folder(path / "aligner")
         device = resolve_device(device)
         encoder = load_image_encoder(EncoderSpec.model_validate(info["image_encoder"]), device=str(device))
-        return cls(encoder, ImageAligner.from_pretrained(path / "aligner"), load_backbone(path / "prior", device), info)
+        try:
+            aligner = ImageAligner.from_pretrained(path / "aligner")
+        except (OSError, ValueError, RuntimeError) as error:  # files that read but do not make an aligner
+            raise Art2MusError(f"{path / 'aligner'}: not a loadable aligner ({type(error).__name__}: "
+                               f"{str(error)[:300]}); {rebuild_hint(path / 'aligner')}") from None
+        backbone = load_backbone(path / "prior", device)
+        return cls(encoder, aligner, backbone, verify_parts(path, info, aligner, backbone, encoder))
 
     @property
     def device(self) -> torch.device:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from art2mus.config import AudioParams, BackboneParams, TinyBackboneParams
-from art2mus.io import sha256_tree
+from art2mus.io import check_model_folder, read_json, read_safetensors, rebuild_hint, verified_sha256_tree
 from art2mus.models.audio import GriffinLimVocoder, MelCodec, crop_frames
 from art2mus.models.backbone import BACKBONE_FILE, Backbone, BackboneError
 
@@ -127,34 +127,42 @@ def save_tiny_backbone(backbone: Backbone, path: str | Path) -> None:
 
 
 def weights_sha256(path: Path) -> str:
-    """The identity of a saved tiny backbone: the hash of its folder."""
-    return sha256_tree(path)
+    """The identity of a saved tiny backbone: the hash of its folder (each file hashed once per process while
+    it is unchanged, `verified_sha256_tree`)."""
+    return verified_sha256_tree(path)
 
 
 def load_tiny_backbone(path: Path, device: str | torch.device = "cpu") -> Backbone:
-    """Read a tiny backbone written by `save_tiny_backbone`."""
+    """Read a tiny backbone written by `save_tiny_backbone`; a truncated or corrupt file is named, not a
+    library's traceback. Its identity (`tiny@<hash>`) is the hash of the files it was read from."""
     from diffusers import DDPMScheduler
     from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
-    from safetensors.torch import load_file
     from transformers import GPT2LMHeadModel
 
-    info = json.loads((path / BACKBONE_FILE).read_text())
+    info = read_json(path / BACKBONE_FILE)
     missing = [name for name in (*TINY_COMPONENTS[:-1], "audio_encoder.safetensors", CONDITIONING_FILE)
                if not (path / name).exists()]
     if missing:
         raise BackboneError(f"{path}: incomplete tiny backbone, missing {', '.join(missing)}")
-    codec = MelCodec.from_pretrained(path / "codec")
-    config = TinyBackboneParams.model_validate(info["tiny"])
-    audio_encoder = AudioTokenEncoder(codec.latent_channels, config.lm_width, config.audio_tokens)
-    audio_encoder.load_state_dict(load_file(path / "audio_encoder.safetensors"))
-    conditioning = load_file(path / CONDITIONING_FILE)
+    check_model_folder(path)
+    try:
+        codec = MelCodec.from_pretrained(path / "codec")
+        config = TinyBackboneParams.model_validate(info["tiny"])
+        audio_encoder = AudioTokenEncoder(codec.latent_channels, config.lm_width, config.audio_tokens)
+        audio_encoder.load_state_dict(read_safetensors(path / "audio_encoder.safetensors"))
+        conditioning = read_safetensors(path / CONDITIONING_FILE)
+        parts = dict(
+            unet=AudioLDM2UNet2DConditionModel.from_pretrained(path / "unet"),
+            language_model=GPT2LMHeadModel.from_pretrained(path / "language_model", dtype=torch.float32),
+            scheduler=DDPMScheduler.from_pretrained(path / "scheduler"),
+            vocoder=GriffinLimVocoder.from_pretrained(path / "vocoder"),
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as error:  # files that read but do not fit together
+        raise BackboneError(f"{path}: not a loadable tiny backbone ({type(error).__name__}: {str(error)[:300]}); "
+                            f"{rebuild_hint(path)}") from None
     digest = weights_sha256(path)
     backbone = Backbone(
-        unet=AudioLDM2UNet2DConditionModel.from_pretrained(path / "unet"),
-        language_model=GPT2LMHeadModel.from_pretrained(path / "language_model", dtype=torch.float32),
-        scheduler=DDPMScheduler.from_pretrained(path / "scheduler"),
-        codec=codec,
-        vocoder=GriffinLimVocoder.from_pretrained(path / "vocoder"),
+        **parts, codec=codec,
         t5_embeds=conditioning["t5_embeds"], t5_mask=conditioning["t5_mask"], null_loa=conditioning["null_loa"],
         audio_encoder=audio_encoder,
         info={"null_conditioning": "zeros", **info, "weights_sha256": digest, "identity": f"tiny@{digest}"},
