@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from art2mus.errors import Art2MusError
 from art2mus.evaluation.captions import DEFAULT_TEMPLATE as DEFAULT_CAPTION_TEMPLATE, template_parts
@@ -48,6 +49,23 @@ PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
     },
 }
 REAL_CROP_SECONDS = 10.24  # what cvssp/audioldm2-music was trained on: 1,024 mel frames
+
+
+def available_threads() -> int:
+    """Torch threads for `threads: auto`: OMP_NUM_THREADS where it is set (a job scheduler's or a test
+    worker's share), else the CPUs this process may run on."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def resolve_threads(value: object) -> object:
+    return available_threads() if value == AUTO else value
+
+
+# CPU threads of a stage's torch work: a number, or auto (available_threads).
+Threads = Annotated[int, BeforeValidator(resolve_threads), Field(ge=1)]
 
 
 class AudioParams(Section):
@@ -234,7 +252,7 @@ class PriorParams(Section):
     cond_dropout: float = Field(0.1, ge=0, lt=1)
     random_crops: bool = True  # crops anywhere in the track (the factors are stationary)
     seed: int = 0
-    threads: int = Field(2, ge=1)
+    threads: Threads = Field(AUTO, validate_default=True)
 
 
 class LatentsParams(Section):
@@ -261,7 +279,7 @@ class TrainParams(Section):
     schedule: Literal["cosine", "constant"] = "cosine"
     min_snr_gamma: float | None = Field(None, gt=0)
     seed: int = 0
-    threads: int = Field(2, ge=1)
+    threads: Threads = Field(AUTO, validate_default=True)
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     # Recompute the frozen UNet's activations in the backward pass (~1.6x compute, ~1/3 the memory at 10.24 s).
@@ -317,7 +335,7 @@ class EvaluateParams(Section):
     generate: list[Literal["trained", "mean", "untrained"]] = Field(
         default_factory=lambda: ["trained", "mean", "untrained"], min_length=1)
     tagger: str = ""  # an ASTForAudioClassification (local path or hub id) for the KL; "" = KL absent
-    threads: int = Field(2, ge=1)
+    threads: Threads = Field(AUTO, validate_default=True)
     # The text-conditioned AudioLDM2 on metadata captions (row `text_captions`): auto = when the backbone
     # is the real AudioLDM2 (the tiny one has no language: reported absent with the reason), off = never.
     caption_baseline: Literal["auto", "off"] = "auto"

@@ -142,7 +142,7 @@ def overlay(mode: str, parts: dict[str, Path]) -> dict[str, Any]:
         "validate_raw": {"min_artworks": 8, "min_tracks": 8},
         "validate_splits": {"min_pairs_per_split": {"train": 4, "val": 0, "test": 2}},  # val is not used here
         "train": {"steps": 2 if small else 3, "batch_size": 2 if small else 4, "grad_accum": 2,
-                  "checkpoint_every": 1, "threads": 2},
+                  "checkpoint_every": 1},
         "evaluate": {"k": 2, "draws": 1, "untrained_seeds": [1], "steps": 1 if small else 3, "guidance_scale": 3.5,
                      "max_items": 2 if small else 4, "generate": ["trained"], "planted_tracks": 0,
                      "fad_resamples": 0, "report_items": 2, "batch_size": 2},

@@ -1,5 +1,6 @@
 """params.yaml is read through one typed config; bad keys and values fail with their dotted name."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,18 @@ def test_the_readme_shows_every_profile_dependent_key_with_both_values() -> None
             else:
                 shown = f"{value:g}" if isinstance(value, float) else str(value)
             assert shown in table or str(value) in table, f"README's profile table lacks the value {value} ({shown})"
+
+
+def test_threads_auto_follows_the_jobs_share_of_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`threads: auto` takes OMP_NUM_THREADS where a scheduler (or a test worker) sets it, else the CPUs
+    this process may use; an explicit number wins. (A fixed 2 oversubscribed two test workers' cores.)"""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    params = parse_params(raw, "params.yaml")
+    assert (params.prior.threads, params.train.threads, params.evaluate.threads) == (1, 1, 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert parse_params(raw, "params.yaml").train.threads == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert parse_params(raw, "params.yaml").evaluate.threads == len(os.sched_getaffinity(0))
+    raw["train"]["threads"] = 5
+    assert parse_params(raw, "params.yaml").train.threads == 5
