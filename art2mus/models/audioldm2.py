@@ -22,13 +22,11 @@ CLAP `text_encoder/config.json` says `torch_dtype: float64` (every part is loade
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -36,6 +34,7 @@ from torch import nn
 
 from art2mus.io import check_model_folder, verified_sha256_file
 from art2mus.models.backbone import Backbone, BackboneError, resolve_device
+from art2mus.models.quiet import quiet_loading
 
 logger = logging.getLogger(__name__)
 
@@ -107,25 +106,6 @@ def location(source: str, revision: str) -> tuple[str, dict]:
             raise BackboneError(f"AudioLDM2 source {source!r}: no model_index.json there; {SOURCE_HINT}")
         return str(folder), {}
     return source, {"revision": revision}
-
-
-@contextlib.contextmanager
-def quiet_loading() -> Iterator[None]:
-    """diffusers' and transformers' loading progress bars off (a stage shows its own progress), and their
-    notices about the real configs' older keys (the vocoder's model_type `hifigan`) kept out of the log."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    level = transformers_logging.get_verbosity()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
-        transformers_logging.set_verbosity(level)
 
 
 def load_language_model(source: str, revision: str, dtype: torch.dtype = torch.float32) -> nn.Module:

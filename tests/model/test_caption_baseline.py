@@ -9,6 +9,7 @@ folder, as the `prior` stage writes for the real profile, inside a packaged mode
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,23 @@ def test_the_real_loader_keeps_the_text_path_loadable(real_pipeline: Art2MusPipe
     assert text_pipeline.unet is backbone.unet and text_pipeline.language_model is backbone.language_model
     assert text_pipeline.vae is backbone.codec.vae and text_pipeline.vocoder is backbone.vocoder
     assert text_pipeline.text_encoder.config.model_type == "clap" and not text_pipeline.text_encoder.training
+
+
+def test_loading_the_text_pipeline_keeps_the_libraries_chatter_out_of_the_log(
+        real_pipeline: Art2MusPipeline, capfd: pytest.CaptureFixture[str]) -> None:
+    """diffusers warns about a "non-standard module" for the UNet handed to the pipeline and prints its
+    whole repr: thousands of lines in the evaluate stage's log at full size."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # diffusers' loggers do not propagate to pytest's capture
+    logging.getLogger("diffusers").addHandler(handler)
+    capfd.readouterr()
+    try:
+        load_text_pipeline(real_pipeline.backbone)
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert not [record.getMessage()[:80] for record in records if record.levelno >= logging.WARNING]
+    assert "Loading weights" not in "".join(capfd.readouterr())
 
 
 def test_caption_baseline_generates_seeded_audio_of_the_requested_length(

@@ -127,6 +127,14 @@ def test_tiny_and_clip_load_back_from_save_pretrained(tmp_path: Path) -> None:
         assert torch.equal(loaded.embed_images(images), expected)
 
 
+def test_loading_an_encoder_shows_no_library_progress_bar(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """transformers' "Loading weights" bar filled the evaluate stage's log (a stage shows its own progress)."""
+    build_tiny_image_encoder().save_pretrained(tmp_path / "clip")
+    capfd.readouterr()
+    load_image_encoder(EncoderSpec(name="clip", source=str(tmp_path / "clip")))
+    assert "Loading weights" not in "".join(capfd.readouterr())
+
+
 def test_tiny_audio_loads_back_from_save_pretrained(tmp_path: Path) -> None:
     built = build_tiny_audio_embedder()
     built.save_pretrained(tmp_path / "audio")

@@ -28,6 +28,7 @@ from PIL import Image
 
 from art2mus.config import EncoderSpec
 from art2mus.errors import Art2MusError
+from art2mus.models.quiet import quiet_loading
 
 IMAGE_KINDS = ("tiny", "clip", "imagebind")
 AUDIO_KINDS = ("tiny", "clap", "imagebind")
@@ -185,9 +186,10 @@ def load_hf(loader: Any, source: str, revision: str, kind: str, role: str, local
     Models pass `dtype=WEIGHT_DTYPE`; processors and feature extractors take no dtype.
     """
     try:
-        if local:
-            return loader.from_pretrained(source, **kwargs)
-        return loader.from_pretrained(source, revision=revision, **kwargs)
+        with quiet_loading():
+            if local:
+                return loader.from_pretrained(source, **kwargs)
+            return loader.from_pretrained(source, revision=revision, **kwargs)
     except (OSError, ValueError) as error:
         if local:
             raise Art2MusError(f"{source} is not a saved {kind} model: {error}") from None
