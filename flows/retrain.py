@@ -49,10 +49,12 @@ from prefect.tasks import exponential_backoff
 
 from art2mus.alerts import notify_failure
 from art2mus.config import Params, load_params
-from art2mus.data.schema import GATES, REPORTS_DIR, RETRAIN_LOCK
+from art2mus.data.schema import GATES, REPORTS_DIR
 from art2mus.errors import Art2MusError
 from art2mus.io import read_json
 from art2mus.tracking.runs import PARENT_RUN_ENV, tracking_uri
+from art2mus.workspace import (DECISION_KEY_TAG, MODEL_DIR, PROMOTED_AT_TAG, RETRAIN_LOCK, ROLLED_BACK_AT_TAG,
+                               TRAIN_RECORD, VALIDATION_TAG, TrainRecord, VersionTags)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,8 +62,6 @@ if TYPE_CHECKING:
     from art2mus.tracking.registry import RegisteredVersion
 
 CONCURRENCY_LIMIT = "art2mus-retrain"
-MODEL_DIR = Path("models/art2mus")  # the train stage's packaged model
-TRAIN_RECORD = Path("models/train_record.json")  # the train stage's run id and weights hash
 DECIDED = ("passed", "failed", "awaiting_approval")
 DEFAULT_WAIT_SECONDS = 3600.0  # how long a retrain waits for another one to finish
 REMOTE_PROBE_SECONDS = 5.0
@@ -415,11 +415,11 @@ def close_tracking_run(root: Path, run_id: str, outcome: RetrainOutcome | None, 
     client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
 
 
-def read_train_record(root: Path) -> dict[str, Any]:
+def read_train_record(root: Path) -> TrainRecord:
     path = root / TRAIN_RECORD
     if not path.is_file():
         raise Art2MusError(f"{path}: missing; the train stage writes it (run dvc repro)")
-    return read_json(path)
+    return TrainRecord.read(path)
 
 
 @task(name="register", retries=2, retry_delay_seconds=exponential_backoff(5), retry_jitter_factor=0.5,
@@ -439,10 +439,10 @@ def register(root: Path, experiment: str) -> RegisteredVersion:
                                 experiment=experiment, root=root)
     if registered.created:
         logger.info("register: %s version %s (weights %s, train run %s)", MODEL_NAME, registered.version,
-                    record["weights_sha256"][:12], record.get("mlflow_run_id"))
+                    record.weights_sha256[:12], record.mlflow_run_id)
     else:
         logger.info("register: nothing new to register: %s version %s already has this model's identity "
-                    "(weights %s, same code and data)", MODEL_NAME, registered.version, record["weights_sha256"][:12])
+                    "(weights %s, same code and data)", MODEL_NAME, registered.version, record.weights_sha256[:12])
     return registered
 
 
@@ -493,7 +493,7 @@ def challenger_scores(root: Path, params: Params, weights: str) -> pd.DataFrame:
         raise Art2MusError(f"{out / PER_ITEM_FILE}: missing; the evaluate stage writes it (run dvc repro)")
     evaluated = read_metrics(out).get("model", {}).get("weights_sha256")
     if evaluated != weights:
-        raise Art2MusError(f"{out}: evaluates weights {str(evaluated)[:12]}, but models/art2mus holds {weights[:12]} "
+        raise Art2MusError(f"{out}: evaluates weights {str(evaluated)[:12]}, but {MODEL_DIR} holds {weights[:12]} "
                            "(run dvc repro so that evaluate follows train)")
     return read_table(out / PER_ITEM_FILE)
 
@@ -529,18 +529,16 @@ def decision_key(champion: str | None, params: Params) -> str:
 
 def previous_verdict(model_version, champion: str | None, params: Params) -> Verdict | None:
     """The verdict that still holds for an already registered version, None when it must be decided."""
-    from art2mus.tracking.registry import VALIDATION_TAG
-
     tags = model_version.tags
     if champion == str(model_version.version):
         return Verdict("champion", False, champion, [f"version {champion} is the champion"])
-    if "promoted_at" in tags:
-        how = f"rolled back at {tags['rolled_back_at']}" if "rolled_back_at" in tags else "by a later promotion"
+    if PROMOTED_AT_TAG in tags:
+        how = f"rolled back at {tags[ROLLED_BACK_AT_TAG]}" if ROLLED_BACK_AT_TAG in tags else "by a later promotion"
         reason = (f"version {model_version.version} was champion before and was replaced ({how}); the flow never "
                   f"re-promotes it (art2mus promote {model_version.version} does)")
         return Verdict(tags.get(VALIDATION_TAG, "passed"), False, champion, [reason])
     status = tags.get(VALIDATION_TAG)
-    if status in DECIDED and tags.get("decision.key") == decision_key(champion, params):
+    if status in DECIDED and tags.get(DECISION_KEY_TAG) == decision_key(champion, params):
         reason = f"already decided against champion {champion or 'none'} with the same rule and evaluation: {status}"
         return Verdict(status, status == "passed" and not params.promotion.require_approval, champion, [reason])
     return None
@@ -575,9 +573,9 @@ def decide_candidate(root: Path, version: str, params: Params) -> Verdict:
         logger.warning("decide: %s", blocked[0])
         return Verdict("failed", False, champion, blocked)
     metrics = list(params.promotion.metrics)
-    weights = model_version.tags["weights_sha256"]
+    weights = VersionTags.from_tags(model_version.tags).weights_sha256
     ours = challenger_scores(root, params, weights)
-    if champion is not None and get_version(champion, client).tags.get("weights_sha256") == weights:
+    if champion is not None and VersionTags.from_tags(get_version(champion, client).tags).weights_sha256 == weights:
         reasons = [f"the champion (version {champion}) has the same weights: nothing to gain"]
         record_validation(version, "failed", {}, reasons, client, champion=champion,
                           key=decision_key(champion, params))

@@ -28,7 +28,7 @@ from art2mus.env import project_root
 from art2mus.errors import Art2MusError
 from art2mus.features import load_embeddings
 from art2mus.features.embeddings import EMBEDDING_FILES
-from art2mus.io import atomic_path, read_table, write_json_atomic, write_table_atomic
+from art2mus.io import atomic_path, read_table, write_table_atomic
 from art2mus.models.loader import load_backbone
 from art2mus.models.pipeline import save_model
 from art2mus.stage import run_stage
@@ -37,9 +37,8 @@ from art2mus.tracking.lineage import record_training_lineage
 from art2mus.tracking.runs import process_rank
 from art2mus.training.aligner import StreamedPairs, train_aligner, weights_sha256
 from art2mus.training.launch import die_with_launcher, launched_child, relaunch_under_torchrun, requested_processes
+from art2mus.workspace import MODEL_DIR, TRAIN_RECORD, TrainRecord
 
-RECORD = Path("models/train_record.json")
-MODEL_DIR = Path("models/art2mus")  # the packaged model: aligner + prior + encoder spec
 LOSS_PLOT = Path("models/plots/train_loss.csv")
 
 
@@ -105,28 +104,28 @@ def main(resume: bool = True) -> None:
                                log_loss=lambda step, loss: run.log_metrics({"train_loss": loss}, step=step))
         if not main_process:
             return
-        for path in (out / "aligner", MODEL_DIR, RECORD, LOSS_PLOT):
+        for path in (out / "aligner", MODEL_DIR, TRAIN_RECORD, LOSS_PLOT):
             remove_interrupted_writes(path)
         with atomic_path(out / "aligner") as tmp:
             result.aligner.save_pretrained(tmp)
         digest = weights_sha256(result.aligner)
-        record = {"mlflow_run_id": run.run_id, "weights_sha256": digest, "prior": prior_id,
-                  "backbone": {k: v for k, v in backbone.info.items() if k != "tiny"},
-                  "image_encoder_id": encoder_id, "train_pairs": len(data), "steps": config.steps,
-                  "final_loss": result.losses[-1][1], "seconds": result.seconds, "resumed_from": result.resumed_from,
-                  "world_size": result.world_size, "mixed_precision": result.precision,
-                  "gradient_checkpointing": config.gradient_checkpointing}
+        record = TrainRecord(mlflow_run_id=run.run_id, weights_sha256=digest, prior=prior_id,
+                             backbone={k: v for k, v in backbone.info.items() if k != "tiny"},
+                             image_encoder_id=encoder_id, train_pairs=len(data), steps=config.steps,
+                             final_loss=result.losses[-1][1], seconds=result.seconds,
+                             resumed_from=result.resumed_from, world_size=result.world_size,
+                             mixed_precision=result.precision, gradient_checkpointing=config.gradient_checkpointing)
         with atomic_path(MODEL_DIR) as tmp:
-            save_model(tmp, result.aligner, params.prior.out_dir, params.features.image_encoder, record)
-        write_json_atomic(record, RECORD)
+            save_model(tmp, result.aligner, params.prior.out_dir, params.features.image_encoder, record.to_dict())
+        record.write(TRAIN_RECORD)
         write_table_atomic(pd.DataFrame(result.losses, columns=["step", "loss"]), LOSS_PLOT)
         run.log_artifact(out / "aligner", artifact_path="aligner")
-        run.log_artifact(RECORD)
+        run.log_artifact(TRAIN_RECORD)
         run.set_tags({"aligner.weights_sha256": digest, "prior.id": prior_id, "image_encoder": encoder_id,
                       "train.world_size": result.world_size,
                       "image_encoder.spec": json.dumps(params.features.image_encoder.model_dump(mode="json")),
-                      "backbone": json.dumps(record["backbone"], sort_keys=True, default=str)})
-        run.log_metrics({"final_loss": record["final_loss"], "seconds": result.seconds})
+                      "backbone": json.dumps(record.backbone, sort_keys=True, default=str)})
+        run.log_metrics({"final_loss": record.final_loss, "seconds": result.seconds})
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from art2mus.config import load_params
 from art2mus.env import configure_environment, project_root
 from art2mus.errors import Art2MusError
 from art2mus.logs import setup_logging
+from art2mus.workspace import MODEL_DIR, TRAIN_RECORD, TrainRecord
 
 app = typer.Typer(help="Paintings to music: data, training, evaluation and registry.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -129,14 +130,12 @@ def print_data_summary(root: Path) -> None:
     if splits_path.exists():
         counts = read_table(splits_path)["split"].value_counts().to_dict()
         typer.echo(f"validated splits: {SPLITS_TABLE} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
-    record_path = root / "models" / "train_record.json"
+    record_path = root / TRAIN_RECORD
     if record_path.exists():
-        import json
-
-        record = json.loads(record_path.read_text())
-        typer.echo(f"trained aligner: models/art2mus (weights {record['weights_sha256'][:12]}, "
-                   f"MLflow run {record['mlflow_run_id']}, final loss {record['final_loss']:.4f})")
-        typer.echo("generate with:   art2mus generate IMAGE... -o OUT_DIR --model models/art2mus")
+        record = TrainRecord.read(record_path)
+        typer.echo(f"trained aligner: {MODEL_DIR} (weights {record.weights_sha256[:12]}, "
+                   f"MLflow run {record.mlflow_run_id}, final loss {record.final_loss:.4f})")
+        typer.echo(f"generate with:   art2mus generate IMAGE... -o OUT_DIR --model {MODEL_DIR}")
     report = root / load_params(root / "params.yaml").evaluate.out_dir / "report" / "index.html"
     if report.exists():
         typer.echo(f"evaluation report: {report}")
@@ -146,7 +145,7 @@ def print_data_summary(root: Path) -> None:
 def generate(
     images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, ...).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the WAV files.")],
-    model: Annotated[str, typer.Option(help="A packaged model folder or an MLflow URI.")] = "models/art2mus",
+    model: Annotated[str, typer.Option(help="A packaged model folder or an MLflow URI.")] = str(MODEL_DIR),
     scheduler: Annotated[str, typer.Option(help="dpmsolver++ or ddim.")] = "dpmsolver++",
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 25,
     guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = 3.5,
@@ -177,7 +176,7 @@ def generate(
 @app.command()
 def evaluate(
     model: Annotated[str, typer.Option(help="A packaged model folder or an MLflow URI "
-                                             "(runs:/..., models:/art2mus-aligner@champion).")] = "models/art2mus",
+                                             "(runs:/..., models:/art2mus-aligner@champion).")] = str(MODEL_DIR),
     split: Annotated[Optional[str], typer.Option(help="train, val or test (default: evaluate.split).")] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output folder (default: "
                                                 "<evaluate.out_dir>-<split>-<weights hash>).")] = None,

@@ -71,5 +71,3 @@ PAIRS_TABLE = "data/interim/pairs.parquet"
 SPLITS_TABLE = "data/processed/splits.parquet"
 REPORTS_DIR = "data/reports"  # one <gate>.json per quality gate
 GATES = ("validate_raw", "validate_splits")  # the DVC stages that are data-quality gates
-RETRAIN_LOCK = ".dvc/tmp/art2mus-retrain.lock"  # held by a retrain (and by gc); .dvc/tmp is DVC's ignored scratch
-REGISTRY_LOCK = ".dvc/tmp/art2mus-registry.lock"  # held for seconds around each move of the champion alias

@@ -26,6 +26,8 @@ import pandas as pd
 
 from art2mus.errors import Art2MusError
 from art2mus.tracking.runs import flatten
+from art2mus.workspace import (DATA_HASHES_TAG, DECISION_CHAMPION_TAG, DECISION_REASONS_TAG, PARAMS_TAG,
+                               VALIDATION_TAG, json_tag)
 
 logger = logging.getLogger(__name__)
 
@@ -215,17 +217,13 @@ def item_changes(old_hashes: Mapping[str, str], new_hashes: Mapping[str, str], t
     return [changes for changes in found if not changes.empty]
 
 
-def json_tag(tags: Mapping[str, str], key: str) -> dict[str, Any]:
-    return json.loads(tags.get(key) or "{}")
-
-
 def compare_versions(candidate: str, candidate_tags: Mapping[str, str], champion: str | None,
                      champion_tags: Mapping[str, str] | None, metrics: list[str], read: TableReader,
                      tables: Mapping[str, str], challenger_metrics: dict[str, Any] | None = None,
                      champion_metrics: dict[str, Any] | None = None) -> ChangeReport:
     """The report, from both versions' tags, a reader of old tables and both evaluations."""
-    status = candidate_tags.get("validation_status", "pending")
-    reasons = json.loads(candidate_tags.get("decision.reasons") or "[]")
+    status = candidate_tags.get(VALIDATION_TAG, "pending")
+    reasons = json_tag(candidate_tags, DECISION_REASONS_TAG, [])
     report = ChangeReport(candidate, champion, status, reasons=reasons)
     if champion is None or champion_tags is None:
         report.headline = f"no champion: version {candidate} is compared with nothing (first run)"
@@ -233,13 +231,13 @@ def compare_versions(candidate: str, candidate_tags: Mapping[str, str], champion
     if champion == candidate:
         report.headline = f"version {candidate} is the champion: nothing changed since it"
         return report
-    report.params = params_diff(json_tag(champion_tags, "params"), json_tag(candidate_tags, "params"))
-    evaluation = json_tag(candidate_tags, "params").get("evaluate", {}).get("out_dir", "reports/evaluate")
-    old_data = without_outputs_of(json_tag(champion_tags, "data_hashes"), evaluation)
-    new_data = without_outputs_of(json_tag(candidate_tags, "data_hashes"), evaluation)
+    report.params = params_diff(json_tag(champion_tags, PARAMS_TAG), json_tag(candidate_tags, PARAMS_TAG))
+    evaluation = json_tag(candidate_tags, PARAMS_TAG).get("evaluate", {}).get("out_dir", "reports/evaluate")
+    old_data = without_outputs_of(json_tag(champion_tags, DATA_HASHES_TAG), evaluation)
+    new_data = without_outputs_of(json_tag(candidate_tags, DATA_HASHES_TAG), evaluation)
     report.data = hash_diff(old_data, new_data)
     report.items = item_changes(old_data, new_data, tables, read)
-    if candidate_tags.get("decision.champion") == champion:
+    if candidate_tags.get(DECISION_CHAMPION_TAG) == champion:
         report.paired = paired_numbers(candidate_tags, metrics)
     report.evaluated = evaluated_deltas(champion_metrics, challenger_metrics)
     report.headline = (f"version {candidate} against champion {champion}: {len(report.params)} param(s) and "
@@ -378,7 +376,7 @@ def build_change_report(root: Path, candidate: str, champion: str | None, metric
     if champion is None or champion == candidate:
         return compare_versions(candidate, tags, champion, {} if champion else None, metrics, lambda *_: None, {})
     champion_version = get_version(champion, client)
-    params = json.loads(tags.get("params") or "{}")
+    params = json_tag(tags, PARAMS_TAG)
     return compare_versions(candidate, tags, champion, dict(champion_version.tags), metrics, dvc_table_reader(root),
                             table_kinds(params), recorded_evaluation(client, candidate_version.run_id),
                             recorded_evaluation(client, champion_version.run_id))

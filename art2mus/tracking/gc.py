@@ -33,9 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from art2mus.config import GcParams
-from art2mus.data.schema import RETRAIN_LOCK
 from art2mus.errors import Art2MusError
-from art2mus.io import read_json
 from art2mus.tracking.registry import (
     CHALLENGER,
     CHAMPION,
@@ -45,12 +43,12 @@ from art2mus.tracking.registry import (
     history,
     utc_now,
 )
+from art2mus.workspace import DATA_HASHES_TAG, RETRAIN_LOCK, TRAIN_RECORD, TRAIN_RUN_TAG, TRAINING_DATA_TAG, TrainRecord
 
 logger = logging.getLogger(__name__)
 
-TRAIN_RECORD = Path("models/train_record.json")  # the workspace's train run (the train stage writes it)
 DELETED_TAG = "gc.artifacts_deleted_at"
-LINEAGE_TAGS = ("data_hashes", "training_data_hashes")
+LINEAGE_TAGS = (DATA_HASHES_TAG, TRAINING_DATA_TAG)
 
 
 @dataclass(frozen=True)
@@ -217,7 +215,7 @@ def version_artifact_refs(model_version, client) -> list[tuple[str, str, str]]:
             refs.append(("logged model", model_id, client.get_logged_model(model_id).artifact_location))
         except MlflowException:
             logger.warning("gc: version %s: logged model %s is gone", model_version.version, model_id)
-    run_id = model_version.tags.get("train_run_id")
+    run_id = model_version.tags.get(TRAIN_RUN_TAG)
     if run_id:
         try:
             refs.append(("train run", run_id, client.get_run(run_id).info.artifact_uri))
@@ -243,11 +241,11 @@ def artifact_files(uri: str, tracking_uri: str) -> list[tuple[str, int]]:
 
 
 def workspace_run_ids(root: Path) -> set[str]:
-    """The MLflow run the workspace's model came from (models/train_record.json), if any."""
+    """The MLflow run the workspace's model came from (its train record), if any."""
     path = root / TRAIN_RECORD
     if not path.is_file():
         return set()
-    run_id = read_json(path).get("mlflow_run_id")
+    run_id = TrainRecord.read(path).mlflow_run_id
     return {run_id} if run_id else set()
 
 

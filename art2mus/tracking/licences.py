@@ -25,11 +25,11 @@ from typing import Any
 
 from art2mus.config import Params
 from art2mus.errors import Art2MusError
+from art2mus.workspace import LICENCES_TAG
 
 COMMERCIAL = "commercial"
 NONCOMMERCIAL = "noncommercial"
 UNKNOWN = "unknown"
-LICENCES_TAG = "licences"  # model version tag: the summary as JSON
 LICENCES_FILE = "licences.json"  # MLflow artifact on the version's run and its train run
 PROJECT_LICENCE = "Apache-2.0"  # art2mus's own code (pyproject.toml)
 ART2MUS_WEIGHTS = "art2mus (built in code from a seed, or trained by art2mus)"

@@ -35,14 +35,12 @@ from art2mus.tracking.registry import (
     is_code,
     read_lock,
 )
+from art2mus.workspace import INPUTS_TAG, LINEAGE_FIELDS, TRAIN_RUN_TAG, VALIDATION_TAG, TrainRecord, VersionTags
 
 logger = logging.getLogger(__name__)
 
 LINEAGE_ARTIFACTS = "lineage"  # the train run's artifact folder for params.yaml, gate reports, dvc.lock
 COMPLETE_TAG = "lineage.complete"
-INPUTS_TAG = "training_inputs"  # version tag: DVC path -> md5 of every training input
-GATES_TAG = "gates"
-LIBRARIES_TAG = "libraries"
 LIBRARIES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "numpy", "pandas", "mlflow", "dvc",
              "great_expectations", "prefect", "pydantic")
 MD5 = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
@@ -173,19 +171,19 @@ def dataset_inputs(inputs: Mapping[str, str], context: str = "training") -> list
             for path, md5 in inputs.items()]
 
 
-def lineage_record(lineage, record: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def lineage_record(lineage, record: TrainRecord | None = None) -> dict[str, Any]:
     """The lineage as one JSON document (the train run's lineage/lineage.json)."""
     from dataclasses import asdict
 
     document = {**asdict(lineage), "code_version": lineage.code_version}
     if record:
-        document["model"] = {key: record.get(key) for key in ("weights_sha256", "prior", "backbone",
-                                                               "image_encoder_id")}
+        document["model"] = {"weights_sha256": record.weights_sha256, "prior": record.prior,
+                             "backbone": record.backbone, "image_encoder_id": record.image_encoder_id}
     return document
 
 
 def log_run_lineage(client, run_id: str, root: Path, lineage, complete: bool, params_file: str = "params.yaml",
-                    record: Mapping[str, Any] | None = None) -> None:
+                    record: TrainRecord | None = None) -> None:
     """Lineage onto the run `run_id`: params.yaml, gate reports, (dvc.lock), datasets, tags.
 
     Idempotent: artifacts are overwritten in place, MLflow keeps one input per (dataset, run), tags are set.
@@ -199,10 +197,10 @@ def log_run_lineage(client, run_id: str, root: Path, lineage, complete: bool, pa
     client.log_dict(run_id, lineage_record(lineage, record), f"{LINEAGE_ARTIFACTS}/lineage.json")
     if lineage.inputs:
         client.log_inputs(run_id, datasets=dataset_inputs(lineage.inputs))
-    tags = {"git.commit": lineage.git_commit, "git.dirty": str(lineage.git_dirty).lower(),
-            "code_version": lineage.code_version, INPUTS_TAG: json.dumps(lineage.inputs, sort_keys=True),
-            GATES_TAG: json.dumps(lineage.gates, sort_keys=True),
-            LIBRARIES_TAG: json.dumps(lineage.libraries, sort_keys=True), COMPLETE_TAG: str(complete).lower()}
+    tags = VersionTags(git_commit=lineage.git_commit, git_dirty=lineage.git_dirty, code_version=lineage.code_version,
+                       training_inputs=lineage.inputs, gates=lineage.gates, libraries=lineage.libraries,
+                       ).to_tags(only=("git_commit", "git_dirty", "code_version", *LINEAGE_FIELDS))
+    tags[COMPLETE_TAG] = str(complete).lower()
     for gate, result in lineage.gates.items():
         tags[f"gate.{gate}"] = "passed" if result["success"] else "failed"
     for key, value in tags.items():
@@ -227,7 +225,7 @@ def record_training_lineage(run, root: Path, input_paths: Iterable[str], params_
     log_run_lineage(registry_client(root), run.run_id, root, lineage, complete=False, params_file=params_file)
 
 
-def complete_train_run(client, run_id: str, root: Path, lineage, record: Mapping[str, Any]) -> bool:
+def complete_train_run(client, run_id: str, root: Path, lineage, record: TrainRecord) -> bool:
     """Finish the train run's lineage once dvc.lock is final; False when the run is gone or already complete
     with these inputs."""
     from mlflow.exceptions import MlflowException
@@ -252,9 +250,9 @@ def complete_train_run(client, run_id: str, root: Path, lineage, record: Mapping
 
 
 def lineage_tags(lineage) -> dict[str, str]:
-    """What the model version carries beyond registry.version_tags: inputs, gates, libraries."""
-    return {INPUTS_TAG: json.dumps(lineage.inputs, sort_keys=True), GATES_TAG: json.dumps(lineage.gates, sort_keys=True),
-            LIBRARIES_TAG: json.dumps(lineage.libraries, sort_keys=True)}
+    """What the model version carries beyond identity and provenance: inputs, gates, libraries."""
+    return VersionTags(training_inputs=lineage.inputs, gates=lineage.gates,
+                       libraries=lineage.libraries).to_tags(only=LINEAGE_FIELDS)
 
 
 def add_missing_version_tags(client, version: str, tags: Mapping[str, str]) -> list[str]:
@@ -439,20 +437,9 @@ def resolve_version(client, uri: str):
                            f"{', '.join(map(str, versions)) or 'none'}): {error.message}") from None
 
 
-def json_tag(tags: Mapping[str, str], key: str, default: Any) -> Any:
-    try:
-        return json.loads(tags[key]) if key in tags else default
-    except json.JSONDecodeError:
-        return default
-
-
 def recorded_inputs(tags: Mapping[str, str]) -> tuple[dict[str, str], str]:
     """A version's recorded training inputs and which tag they came from (older versions lack the closure)."""
-    for key in (INPUTS_TAG, "training_data_hashes", "data_hashes"):
-        found = json_tag(tags, key, {})
-        if found:
-            return found, key
-    return {}, ""
+    return VersionTags.from_tags(tags).recorded_inputs()
 
 
 def run_summary(client, run_id: str) -> dict[str, Any]:
@@ -474,23 +461,22 @@ def trace(client, uri: str, root: Path) -> dict[str, Any]:
     """The chain behind a model URI: alias, version, runs, commit, params, inputs (with their DVC
     status), gate verdicts, encoder, backbone, libraries."""
     alias, model_version = resolve_version(client, uri)
-    tags = model_version.tags
-    inputs, inputs_from = recorded_inputs(tags)
-    train_run = run_summary(client, tags.get("train_run_id", ""))
+    tags = VersionTags.from_tags(model_version.tags)
+    inputs, inputs_from = tags.recorded_inputs()
+    train_run = run_summary(client, tags.train_run_id)
     statuses = check_inputs(root, inputs) if inputs else []
     return {
         "uri": uri, "model": model_version.name, "alias": alias, "version": str(model_version.version),
-        "identity": tags.get("identity", ""), "validation_status": tags.get("validation_status", ""),
-        "weights_sha256": tags.get("weights_sha256", ""),
+        "identity": tags.identity, "validation_status": tags.validation_status,
+        "weights_sha256": tags.weights_sha256,
         "register_run": model_version.run_id, "train_run": {**train_run, "datasets": [
             {"name": name, "digest": digest} for name, digest in train_run.get("datasets", [])]},
-        "git": {"commit": tags.get("git.commit", ""), "dirty": tags.get("git.dirty") == "true",
-                "code_version": tags.get("code_version", "")},
-        "params": json_tag(tags, "params", {}),
-        "image_encoder": {"spec": json_tag(tags, "image_encoder", {}), "id": tags.get("image_encoder_id", "")},
-        "backbone": json_tag(tags, "backbone", {}), "prior": tags.get("prior", ""),
-        "inputs_tag": inputs_from, "inputs": statuses, "training_data": json_tag(tags, "training_data_hashes", {}),
-        "gates": json_tag(tags, GATES_TAG, {}), "libraries": json_tag(tags, LIBRARIES_TAG, {}),
+        "git": {"commit": tags.git_commit, "dirty": tags.git_dirty, "code_version": tags.code_version},
+        "params": tags.params,
+        "image_encoder": {"spec": tags.image_encoder, "id": tags.image_encoder_id},
+        "backbone": tags.backbone, "prior": tags.prior,
+        "inputs_tag": inputs_from, "inputs": statuses, "training_data": tags.training_data_hashes,
+        "gates": tags.gates, "libraries": tags.libraries,
     }
 
 
@@ -583,7 +569,7 @@ def versions_using(client, target: str, root: Path) -> dict[str, Any]:
             if found:
                 hits.append({"version": str(model_version.version),
                              "aliases": sorted(aliases_by_version.get(str(model_version.version), [])),
-                             "validation_status": model_version.tags.get("validation_status", ""),
-                             "train_run_id": model_version.tags.get("train_run_id", ""), "through": found})
+                             "validation_status": model_version.tags.get(VALIDATION_TAG, ""),
+                             "train_run_id": model_version.tags.get(TRAIN_RUN_TAG, ""), "through": found})
     return {"target": target, "path": path, "md5": md5, "versions_searched": len(versions), "versions": hits,
             "unreadable": unreadable}

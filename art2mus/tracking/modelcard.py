@@ -21,17 +21,16 @@ from art2mus.data.schema import GATES
 from art2mus.io import read_json
 from art2mus.tracking.licences import (
     LICENCES_FILE,
-    LICENCES_TAG,
     LicenceSummary,
     commercial_blockers,
     is_embedded_sample,
     summarise_licences,
 )
+from art2mus.workspace import CARD_TAG, LICENCES_TAG, VersionTags
 
 logger = logging.getLogger(__name__)
 
 CARD_FILE = "model_card.md"
-CARD_TAG = "model_card"  # the version's tag: the card's artifact path on the version's run
 EVALUATION_FILE = "evaluation/metrics.json"  # the evaluate stage's metrics, kept with the version
 # art2mus.evaluation.evaluate.METRICS_FILE, not imported from there: that pulls in torch and diffusers.
 METRICS_FILE = "metrics.json"
@@ -70,13 +69,6 @@ def interval(cell: dict[str, Any] | None, spec: str = ".3f") -> str:
     return f"{cell['value']:{spec}} [{cell['low']:{spec}}, {cell['high']:{spec}}]"
 
 
-def json_tag(tags: dict[str, str], key: str) -> Any:
-    try:
-        return json.loads(tags.get(key) or "{}")
-    except json.JSONDecodeError:
-        return {}
-
-
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     escape = [[str(cell).replace("|", "\\|").replace("\n", " ") for cell in row] for row in [header, *rows]]
     return ([f"| {' | '.join(escape[0])} |", f"| {' | '.join('---' for _ in header)} |"]
@@ -84,8 +76,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def model_section(inputs: CardInputs) -> list[str]:
-    tags, params = inputs.tags, json_tag(inputs.tags, "params")
-    backbone = params.get("backbone", {})
+    tags = VersionTags.from_tags(inputs.tags)
+    backbone = tags.params.get("backbone", {})
     profile = backbone.get("profile", "?")
     prior = ("tiny AudioLDM2 built in code, trained by the prior stage" if profile == "tiny"
              else f"{backbone.get('source')}@{backbone.get('revision')}")
@@ -93,11 +85,11 @@ def model_section(inputs: CardInputs) -> list[str]:
             "An image aligner (MLP with Tanh) that turns a frozen image encoder's embedding into K tokens for "
             "AudioLDM2's GPT-2, which writes the language of audio that conditions the frozen UNet: a painting in, "
             "music out. Only the aligner was trained.", "",
-            f"- version: {inputs.version} (run `{inputs.run_id}`, train run `{tags.get('train_run_id', '')}`)",
-            f"- identity: `{tags.get('identity', '')}`",
-            f"- aligner weights sha256: `{tags.get('weights_sha256', '')}`",
-            f"- image encoder: `{tags.get('image_encoder_id', '')}`",
-            f"- backbone: {profile} ({prior}); prior `{tags.get('prior', '')[:16]}`",
+            f"- version: {inputs.version} (run `{inputs.run_id}`, train run `{tags.train_run_id}`)",
+            f"- identity: `{tags.identity}`",
+            f"- aligner weights sha256: `{tags.weights_sha256}`",
+            f"- image encoder: `{tags.image_encoder_id}`",
+            f"- backbone: {profile} ({prior}); prior `{tags.prior[:16]}`",
             f"- load: `models:/art2mus-aligner/{inputs.version}` (pyfunc: image in, WAV out)", ""]
 
 
@@ -124,7 +116,7 @@ def licence_rows(rows) -> list[list[str]]:
 
 
 def data_section(inputs: CardInputs) -> list[str]:
-    params = json_tag(inputs.tags, "params")
+    params = VersionTags.from_tags(inputs.tags).params
     ingest = params.get("ingest", {})
     source = ("the embedded sample (synthetic paintings and music with a planted correspondence)" if inputs.sample
               else f"ArtGraph `{ingest.get('artgraph_dir', '?')}`, FMA `{ingest.get('fma_dir', '?')}`")
@@ -148,7 +140,7 @@ def data_section(inputs: CardInputs) -> list[str]:
 
 
 def params_section(inputs: CardInputs) -> list[str]:
-    params = json_tag(inputs.tags, "params")
+    params = VersionTags.from_tags(inputs.tags).params
     train = params.get("train", {})
     rows = [[f"train.{key}", json.dumps(train[key])] for key in TRAIN_KEYS if key in train]
     encoder = params.get("features", {}).get("image_encoder")
@@ -203,7 +195,7 @@ def metrics_section(inputs: CardInputs) -> list[str]:
 
 
 def limitations_section(inputs: CardInputs) -> list[str]:
-    params = json_tag(inputs.tags, "params")
+    params = VersionTags.from_tags(inputs.tags).params
     backbone = params.get("backbone", {})
     lines = ["## Limitations", "",
              "- Image-to-music alignment stays below text-conditioned systems (the ArtToMus paper's finding): the "
@@ -242,12 +234,11 @@ def gate_line(gate: str, report: dict[str, Any] | None) -> str:
 
 
 def lineage_section(inputs: CardInputs) -> list[str]:
-    tags = inputs.tags
-    training_data = json_tag(tags, "training_data_hashes") or json_tag(tags, "data_hashes")
-    dirty = tags.get("git.dirty") == "true"
+    tags = VersionTags.from_tags(inputs.tags)
+    training_data = tags.training_data_hashes or tags.data_hashes
     return ["## Lineage", "",
-            f"- commit: `{tags.get('git.commit') or 'unknown'}`{' (work tree dirty)' if dirty else ''}; "
-            f"code version `{tags.get('code_version', '')}`",
+            f"- commit: `{tags.git_commit or 'unknown'}`{' (work tree dirty)' if tags.git_dirty else ''}; "
+            f"code version `{tags.code_version}`",
             *[f"- gate {gate_line(gate, report)}" for gate, report in inputs.gates.items()],
             "- data the train stage read (dvc.lock md5):", "",
             *table(["path", "md5"], [[path, f"`{md5}`"] for path, md5 in sorted(training_data.items())]), "",
@@ -297,7 +288,7 @@ def gate_reports(root: Path) -> dict[str, dict[str, Any] | None]:
 def card_inputs(root: Path, params: Params, model_version) -> CardInputs:
     """Read a card's inputs: the version from the registry, the data, metrics and gates from the project."""
     tags = dict(model_version.tags)
-    metrics, note = evaluation_for(root, params, tags.get("weights_sha256", ""))
+    metrics, note = evaluation_for(root, params, VersionTags.from_tags(tags).weights_sha256)
     return CardInputs(version=str(model_version.version), tags=tags, run_id=model_version.run_id,
                       licences=summarise_licences(params, root), intended_use=params.promotion.intended_use,
                       metrics=metrics, metrics_note=note, gates=gate_reports(root), training=training_counts(root),
@@ -332,7 +323,7 @@ def document_version(root: Path, version: str, params: Params, client) -> bool:
     inputs = card_inputs(root, params, model_version)
     licences = inputs.licences.to_dict()
     runs = [model_version.run_id]
-    train_run = inputs.tags.get("train_run_id")
+    train_run = VersionTags.from_tags(inputs.tags).train_run_id
     if train_run and train_run not in runs and run_in_store(train_run, client):
         runs.append(train_run)
     for run_id in runs:  # the version's run, and the train run it came from

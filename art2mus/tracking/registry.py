@@ -38,22 +38,21 @@ from typing import Any
 
 import yaml
 
-from art2mus.data.schema import REGISTRY_LOCK
 from art2mus.errors import Art2MusError
 from art2mus.io import read_json
 from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment, git_state, relocate_if_moved, tracking_uri
+from art2mus.workspace import (DECISION_CHAMPION_TAG, DECISION_KEY_TAG, DECISION_PREFIX, DECISION_REASONS_TAG,
+                               IDENTITY_TAG, MODEL_FILE, PROMOTED_AT_TAG, REGISTRY_LOCK, ROLLED_BACK_AT_TAG,
+                               VALIDATION_TAG, TrainRecord, VersionTags)
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "art2mus-aligner"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-IDENTITY_TAG = "identity"
-VALIDATION_TAG = "validation_status"
 VALIDATION_STATUSES = ("pending", "passed", "failed", "awaiting_approval")
 HISTORY_PREFIX = "history."
-DECISION_PREFIX = "decision."
-DECISION_META_TAGS = ("decision.reasons", "decision.champion", "decision.key")
+DECISION_META_TAGS = (DECISION_REASONS_TAG, DECISION_CHAMPION_TAG, DECISION_KEY_TAG)
 MODEL_CODE = Path(__file__).resolve().parents[1] / "serving" / "model_code.py"
 LOGGED_MODEL_NAME = "art2mus"
 # What generating needs, pinned to the installed versions in the logged model's requirements.
@@ -62,9 +61,6 @@ LOGGED_MODEL_NAME = "art2mus"
 RUNTIME_PACKAGES = ("mlflow", "torch", "torchaudio", "diffusers", "transformers", "safetensors", "numpy",
                     "pandas", "pillow", "soundfile", "pydantic", "pyyaml")
 CODE_DIRS = ("art2mus/", "stages/")
-# The packaged model's metadata (art2mus.models.pipeline.MODEL_FILE, not imported from there: that pulls
-# in torch and diffusers, seconds a no-op retrain should not spend).
-MODEL_FILE = "model.json"
 REGISTRY_LIMIT = "art2mus-registry"  # the Prefect concurrency limit a move of the champion takes (with a server)
 REGISTRY_WAIT_SECONDS = 60.0  # how long a promotion or rollback waits for another one (each holds it for seconds)
 SLOT_REQUEST_SECONDS = 30.0  # the least time given to acquiring a Prefect slot (a request, even when one is free)
@@ -237,27 +233,16 @@ def runtime_requirements() -> list[str]:
     return pins
 
 
-def version_tags(identity: str, record: Mapping[str, Any], info: Mapping[str, Any], lineage: Lineage) -> dict[str, str]:
+def version_tags(identity: str, record: TrainRecord, info: Mapping[str, Any], lineage: Lineage) -> dict[str, str]:
     """Identity and lineage as the version's tags (validation starts `pending`)."""
-    from art2mus.tracking.lineage import lineage_tags
-
-    return {
-        IDENTITY_TAG: identity,
-        VALIDATION_TAG: "pending",
-        "weights_sha256": str(record["weights_sha256"]),
-        "prior": str(record.get("prior") or info.get("prior", "")),
-        "backbone": json.dumps(record.get("backbone") or info.get("backbone") or {}, sort_keys=True),
-        "image_encoder": json.dumps(info.get("image_encoder", {}), sort_keys=True),
-        "image_encoder_id": str(record.get("image_encoder_id", "")),
-        "train_run_id": str(record.get("mlflow_run_id", "")),
-        "git.commit": lineage.git_commit,
-        "git.dirty": str(lineage.git_dirty).lower(),
-        "code_version": lineage.code_version,
-        "data_hashes": json.dumps(lineage.data, sort_keys=True),
-        "training_data_hashes": json.dumps(lineage.training_data, sort_keys=True),
-        "params": json.dumps(lineage.params, sort_keys=True),
-        **lineage_tags(lineage),
-    }
+    return VersionTags(
+        identity=identity, validation_status="pending", weights_sha256=record.weights_sha256,
+        prior=record.prior or info.get("prior", ""), backbone=record.backbone or info.get("backbone") or {},
+        image_encoder=info.get("image_encoder", {}), image_encoder_id=record.image_encoder_id,
+        train_run_id=record.mlflow_run_id, git_commit=lineage.git_commit, git_dirty=lineage.git_dirty,
+        code_version=lineage.code_version, data_hashes=lineage.data, training_data_hashes=lineage.training_data,
+        params=lineage.params, training_inputs=lineage.inputs, gates=lineage.gates, libraries=lineage.libraries,
+    ).to_tags()
 
 
 def serving_limits(lineage: Lineage) -> dict[str, Any]:
@@ -268,7 +253,7 @@ def serving_limits(lineage: Lineage) -> dict[str, Any]:
     return ServingParams.model_validate(lineage.params.get("serving") or {}).model_dump()
 
 
-def log_pyfunc(model_dir: Path, identity: str, record: Mapping[str, Any], lineage: Lineage, uri: str,
+def log_pyfunc(model_dir: Path, identity: str, record: TrainRecord, lineage: Lineage, uri: str,
                experiment: str, root: Path) -> tuple[str, str, str]:
     """Log the pyfunc in a `register` run; returns (model uri, logged model id, run id)."""
     import mlflow
@@ -278,7 +263,7 @@ def log_pyfunc(model_dir: Path, identity: str, record: Mapping[str, Any], lineag
     mlflow.set_tracking_uri(uri)
     experiment_id = ensure_experiment(experiment, uri, root)
     tags = {"art2mus.stage": "register", "art2mus.identity": identity,
-            "art2mus.train_run_id": str(record.get("mlflow_run_id", ""))}
+            "art2mus.train_run_id": record.mlflow_run_id}
     if os.environ.get(PARENT_RUN_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
     with mlflow.start_run(experiment_id=experiment_id, run_name="register", tags=tags,
@@ -292,7 +277,7 @@ def log_pyfunc(model_dir: Path, identity: str, record: Mapping[str, Any], lineag
     return logged.model_uri, logged.model_id, run.info.run_id
 
 
-def register_model(model_dir: str | Path, record: Mapping[str, Any], lineage: Lineage, client=None,
+def register_model(model_dir: str | Path, record: TrainRecord | Mapping[str, Any], lineage: Lineage, client=None,
                    experiment: str = "art2mus", root: Path | None = None) -> RegisteredVersion:
     """Register the packaged model as a new version, or return the version that already has its identity.
 
@@ -303,14 +288,15 @@ def register_model(model_dir: str | Path, record: Mapping[str, Any], lineage: Li
     model_dir = Path(model_dir)
     root = root or project_root()
     info = read_model_info(model_dir)
-    weights = record.get("weights_sha256")
+    record = TrainRecord.from_dict(record)
+    weights = record.weights_sha256
     if not weights:
         raise Art2MusError("registry: the train record has no weights_sha256 (re-run the train stage)")
     if info.get("weights_sha256") and info["weights_sha256"] != weights:
         raise Art2MusError(f"registry: {model_dir} holds weights {info['weights_sha256'][:12]} but the train record "
                            f"says {weights[:12]}: the folder and the record are from different runs")
     client = client or registry_client(root)
-    identity = model_identity(weights, str(record.get("prior") or info.get("prior", "")),
+    identity = model_identity(weights, str(record.prior or info.get("prior", "")),
                               info.get("image_encoder", {}), lineage)
     existing = find_version(identity, client)
     if existing is not None:
@@ -327,14 +313,14 @@ def register_model(model_dir: str | Path, record: Mapping[str, Any], lineage: Li
     return RegisteredVersion(version=str(version.version), created=True, identity=identity)
 
 
-def complete_lineage(client, version: str, record: Mapping[str, Any], info: Mapping[str, Any], lineage: Lineage,
+def complete_lineage(client, version: str, record: TrainRecord, info: Mapping[str, Any], lineage: Lineage,
                      identity: str, root: Path) -> None:
     """Finish the train run's lineage now that dvc.lock is final, and give an older version the lineage
     tags it lacks (idempotent: a second call changes nothing)."""
     from art2mus.tracking.lineage import add_missing_version_tags, complete_train_run
 
     if (root / "params.yaml").is_file():
-        complete_train_run(client, str(record.get("mlflow_run_id", "")), root, lineage, record)
+        complete_train_run(client, record.mlflow_run_id, root, lineage, record)
     add_missing_version_tags(client, version, version_tags(identity, record, info, lineage))
 
 
@@ -396,10 +382,10 @@ def record_validation(version: str, status: str, numbers: Mapping[str, float] | 
     for name, value in (numbers or {}).items():
         client.set_model_version_tag(MODEL_NAME, str(version), f"{DECISION_PREFIX}{name}", f"{float(value):.6g}")
     if reasons is not None:
-        client.set_model_version_tag(MODEL_NAME, str(version), "decision.reasons", json.dumps(reasons))
-    client.set_model_version_tag(MODEL_NAME, str(version), "decision.champion", champion or "none")
+        client.set_model_version_tag(MODEL_NAME, str(version), DECISION_REASONS_TAG, json.dumps(reasons))
+    client.set_model_version_tag(MODEL_NAME, str(version), DECISION_CHAMPION_TAG, champion or "none")
     if key is not None:
-        client.set_model_version_tag(MODEL_NAME, str(version), "decision.key", key)
+        client.set_model_version_tag(MODEL_NAME, str(version), DECISION_KEY_TAG, key)
     client.set_model_version_tag(MODEL_NAME, str(version), VALIDATION_TAG, status)
 
 
@@ -543,7 +529,7 @@ def move_champion(version: str, kind: str, by: str, reason: str, metrics: Mappin
     client.set_registered_model_alias(MODEL_NAME, CHAMPION, str(version))
     event = PromotionEvent(at=utc_now(), kind=kind, version=str(version), previous=previous, by=by,
                            reason=reason[:500], metrics={key: float(value) for key, value in (metrics or {}).items()})
-    for key, value in {"promoted_by": by, "promoted_at": event.at, "previous_champion": previous or "none",
+    for key, value in {"promoted_by": by, PROMOTED_AT_TAG: event.at, "previous_champion": previous or "none",
                        "promotion_reason": event.reason or kind}.items():
         client.set_model_version_tag(MODEL_NAME, str(version), key, value)
     append_history(event, client)
@@ -614,6 +600,6 @@ def rollback(by: str, reason: str = "", client=None, root: Path | None = None) -
             raise Art2MusError(f"registry: version {current} is the first champion; there is nothing to roll back to")
         target = stack[-2]
         event = move_champion(target, "rollback", by, reason or f"rollback from version {current}", None, client)
-        client.set_model_version_tag(MODEL_NAME, current, "rolled_back_at", event.at)
+        client.set_model_version_tag(MODEL_NAME, current, ROLLED_BACK_AT_TAG, event.at)
     logger.info("registry: rolled back the champion from version %s to %s", current, target)
     return event
