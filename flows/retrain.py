@@ -51,7 +51,7 @@ from art2mus.alerts import notify_failure
 from art2mus.config import Params, load_params
 from art2mus.data.schema import GATES, REPORTS_DIR
 from art2mus.errors import Art2MusError
-from art2mus.io import read_json
+from art2mus.quality.report import GateFailed, failed_gates_markdown, read_results, results_headline
 from art2mus.tracking.runs import PARENT_RUN_ENV, tracking_uri
 from art2mus.workspace import (DECISION_KEY_TAG, MODEL_DIR, PROMOTED_AT_TAG, RETRAIN_LOCK, ROLLED_BACK_AT_TAG,
                                TRAIN_RECORD, VALIDATION_TAG, TrainRecord, VersionTags)
@@ -96,10 +96,6 @@ class ReproFailed(Art2MusError):
         super().__init__(f"dvc repro failed{f' in stage {stage!r}' if stage else ''}:\n{tail}")
         self.stage = stage
         self.output = output
-
-
-class GateFailed(Art2MusError):
-    """A data-quality gate rejected the data; nothing was registered."""
 
 
 class RetrainBusy(Art2MusError):
@@ -336,30 +332,13 @@ def gate_summary(gate: str, output: list[str]) -> str | None:
     return None
 
 
-def gate_report(root: Path, gate: str) -> dict[str, Any] | None:
-    path = root / REPORTS_DIR / f"{gate}.json"
-    if not path.is_file():
-        return None
-    return read_json(path)
-
-
-def gate_headline(gate: str, report: dict[str, Any] | None) -> str:
-    if report is None:
-        return f"{gate}: no report"
-    statistics = report["statistics"]
-    if report["success"]:
-        return f"{gate}: passed all {statistics['evaluated_expectations']} expectations"
-    return (f"{gate}: FAILED {statistics['unsuccessful_expectations']} of {statistics['evaluated_expectations']} "
-            "expectations")
-
-
 @task(name="quality gates", timeout_seconds=GATES_TIMEOUT, cache_policy=NO_CACHE)
 def enforce_gates(root: Path, failed_stage: str | None = None, output: list[str] | None = None) -> list[str]:
     """Fail when a gate failed (its GX summary becomes a Prefect markdown artifact); else the headlines."""
     logger = get_run_logger()
-    reports = {gate: gate_report(root, gate) for gate in GATES}
+    reports = {gate: read_results(root, gate) for gate in GATES}
     failed = [gate for gate in GATES if gate == failed_stage or (reports[gate] is not None and not reports[gate]["success"])]
-    headlines = [gate_headline(gate, reports[gate]) for gate in GATES]
+    headlines = [results_headline(gate, reports[gate]) for gate in GATES]
     if not failed:
         missing = [gate for gate in GATES if reports[gate] is None]
         if missing:
@@ -368,15 +347,11 @@ def enforce_gates(root: Path, failed_stage: str | None = None, output: list[str]
         for headline in headlines:
             logger.info("%s", headline)
         return headlines
-    sections = []
-    for gate in failed:
-        summary = gate_summary(gate, output or []) or gate_headline(gate, reports[gate])
-        sections.append(f"## {gate}\n\n```text\n{summary}\n```\n\nFull GX results: `{REPORTS_DIR}/{gate}.json`")
-    markdown = (f"# Quality gate failed: {', '.join(failed)}\n\nThe retrain stopped before registering anything.\n\n"
-                + "\n\n".join(sections))
-    create_markdown_artifact(markdown, key="quality-gates", description=f"GX summary of {', '.join(failed)}")
+    summaries = {gate: gate_summary(gate, output or []) or results_headline(gate, reports[gate]) for gate in failed}
+    create_markdown_artifact(failed_gates_markdown(summaries), key="quality-gates",
+                             description=f"GX summary of {', '.join(failed)}")
     raise GateFailed(f"quality gate {', '.join(failed)} failed; nothing was registered\n"
-                     + "\n".join(gate_summary(gate, output or []) or gate_headline(gate, reports[gate]) for gate in failed))
+                     + "\n".join(summaries.values()))
 
 
 @task(name="open tracking run", retries=3, retry_delay_seconds=exponential_backoff(5), retry_jitter_factor=0.5,

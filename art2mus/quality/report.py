@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from art2mus.data.schema import REPORTS_DIR
 from art2mus.errors import Art2MusError
-from art2mus.io import write_json_atomic
+from art2mus.io import read_json, write_json_atomic
 
 if TYPE_CHECKING:
     from art2mus.quality.validation import TableCheck
@@ -46,10 +47,12 @@ class GateReport:
 
 
 class GateFailed(Art2MusError):
-    """A quality gate found bad data; the message is the gate's summary."""
+    """A quality gate found bad data; the message is the gate's summary (a retrain's: every failed gate's).
 
-    def __init__(self, report: GateReport) -> None:
-        super().__init__(report.summary)
+    `report` is the gate's report when the gate itself raised it (None when a retrain read the verdicts back)."""
+
+    def __init__(self, summary: str, report: GateReport | None = None) -> None:
+        super().__init__(summary)
         self.report = report
 
 
@@ -57,7 +60,7 @@ def enforce(report: GateReport, path: str | Path) -> GateReport:
     """Write the gate's JSON results (pass or fail), then raise GateFailed if it failed."""
     report.write(path)
     if not report.success:
-        raise GateFailed(report)
+        raise GateFailed(report.summary, report)
     logger.info("%s", report.summary)
     return report
 
@@ -68,6 +71,34 @@ def headline(name: str, failed: int, total: int, path: str | None = None) -> str
     if failed:
         return f"{name}: FAILED {failed} of {total} expectations{where}"
     return f"{name}: passed all {total} expectations{where}"
+
+
+def results_path(root: Path, gate: str) -> Path:
+    """Where the gate stage writes its full GX results (`data/reports/<gate>.json`)."""
+    return root / REPORTS_DIR / f"{gate}.json"
+
+
+def read_results(root: Path, gate: str) -> dict[str, Any] | None:
+    """The gate's full GX results as its stage wrote them, None when it has not run."""
+    path = results_path(root, gate)
+    return read_json(path) if path.is_file() else None
+
+
+def results_headline(gate: str, results: dict[str, Any] | None) -> str:
+    """The headline of a gate's written results (without where they are: the caller says)."""
+    if results is None:
+        return f"{gate}: no report"
+    statistics = results["statistics"]
+    return headline(gate, 0 if results["success"] else statistics["unsuccessful_expectations"],
+                    statistics["evaluated_expectations"])
+
+
+def failed_gates_markdown(summaries: dict[str, str]) -> str:
+    """A retrain's account of the gates that failed (gate -> summary), for a person reading the run."""
+    sections = [f"## {gate}\n\n```text\n{summary}\n```\n\nFull GX results: `{REPORTS_DIR}/{gate}.json`"
+                for gate, summary in summaries.items()]
+    return (f"# Quality gate failed: {', '.join(summaries)}\n\nThe retrain stopped before registering anything.\n\n"
+            + "\n\n".join(sections))
 
 
 def summarize(gate: str, checks: list[TableCheck], results: dict[str, dict[str, Any]]) -> str:
