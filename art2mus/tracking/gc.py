@@ -34,6 +34,7 @@ from typing import Any
 
 from art2mus.config import GcParams
 from art2mus.errors import Art2MusError
+from art2mus.locks import file_lock
 from art2mus.tracking.registry import (
     CHALLENGER,
     CHAMPION,
@@ -254,25 +255,16 @@ def exclusive(root: Path, repo) -> Iterator[None]:
     """No retrain of this project and no DVC command in it while gc decides and deletes."""
     from dvc.lock import LockError
     from dvc.repo import lock_repo
-    from filelock import FileLock, Timeout
 
     lock_path = root / RETRAIN_LOCK
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    retrain_lock = FileLock(lock_path)
-    try:
-        retrain_lock.acquire(timeout=0)
-    except Timeout:
-        raise Art2MusError(f"gc: a retrain is running in {root} (it holds {lock_path}); run gc when it has finished") \
-            from None
-    try:
+    busy = Art2MusError(f"gc: a retrain is running in {root} (it holds {lock_path}); run gc when it has finished")
+    with file_lock(lock_path, 0, busy):
         try:
             with lock_repo(repo):
                 yield
         except LockError:
             raise Art2MusError(f"gc: a DVC command is running in {root} (DVC's repo lock is held); "
                                "run gc when it has finished") from None
-    finally:
-        retrain_lock.release()
 
 
 def plan_gc(root: Path, config: GcParams, client, repo) -> tuple[GcPlan, set[str]]:

@@ -40,6 +40,7 @@ import yaml
 
 from art2mus.errors import Art2MusError
 from art2mus.io import read_json
+from art2mus.locks import concurrency_slot, file_lock
 from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment, git_state, relocate_if_moved, tracking_uri
 from art2mus.workspace import (DECISION_CHAMPION_TAG, DECISION_KEY_TAG, DECISION_PREFIX, DECISION_REASONS_TAG,
                                IDENTITY_TAG, MODEL_FILE, PROMOTED_AT_TAG, REGISTRY_LOCK, ROLLED_BACK_AT_TAG,
@@ -63,7 +64,6 @@ RUNTIME_PACKAGES = ("mlflow", "torch", "torchaudio", "diffusers", "transformers"
 CODE_DIRS = ("art2mus/", "stages/")
 REGISTRY_LIMIT = "art2mus-registry"  # the Prefect concurrency limit a move of the champion takes (with a server)
 REGISTRY_WAIT_SECONDS = 60.0  # how long a promotion or rollback waits for another one (each holds it for seconds)
-SLOT_REQUEST_SECONDS = 30.0  # the least time given to acquiring a Prefect slot (a request, even when one is free)
 ANY_CHAMPION = object()  # promote(expected_champion=...): move whichever version is champion now
 
 
@@ -416,71 +416,21 @@ def smoke_test(version: str, client=None) -> None:
                            f"expected {round(seconds * rate)} finite samples")
 
 
-def prefect_server_url() -> str | None:
-    """PREFECT_API_URL (environment or Prefect profile), None when Prefect runs ephemerally."""
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value() or None
-
-
-@contextlib.contextmanager
-def registry_slot(wait_seconds: float) -> Iterator[None]:
-    """One slot of the one-slot Prefect limit REGISTRY_LIMIT when a Prefect server is configured, so
-    operators of other checkouts sharing the tracking server take turns too (created on first use; an
-    operator's setting wins). The same mechanism as the retrain's limit (flows/retrain.py `retrain_slot`):
-    ephemeral Prefect keeps no lasting leases, so there the file lock alone keeps operators apart."""
-    url = prefect_server_url()
-    if not url:
-        yield
-        return
-    import httpx
-    from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    try:
-        with get_client(sync_client=True) as prefect:
-            try:
-                prefect.read_global_concurrency_limit_by_name(REGISTRY_LIMIT)
-            except ObjectNotFound:
-                with contextlib.suppress(ObjectAlreadyExists):  # another operator created it meanwhile
-                    prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=REGISTRY_LIMIT, limit=1))
-    except (httpx.HTTPError, OSError) as error:
-        raise Art2MusError(f"registry: the Prefect server at {url} (PREFECT_API_URL) did not answer ({error}); "
-                           "start it, or unset PREFECT_API_URL to rely on the project's registry lock alone") from None
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(concurrency(REGISTRY_LIMIT, occupy=1, strict=True,
-                                            timeout_seconds=max(wait_seconds, SLOT_REQUEST_SECONDS)))
-        except TimeoutError:
-            raise RegistryBusy(f"registry: the Prefect concurrency limit {REGISTRY_LIMIT!r} stayed full for "
-                               f"{wait_seconds:.0f} s (another promotion or rollback); try again") from None
-        yield
-
-
 @contextlib.contextmanager
 def registry_lock(root: Path | None = None, wait_seconds: float = REGISTRY_WAIT_SECONDS) -> Iterator[None]:
-    """Hold the registry lock: the project's REGISTRY_LOCK file and, with a Prefect server, its slot.
+    """Hold the registry lock: with a Prefect server a slot of the one-slot limit REGISTRY_LIMIT (so operators of
+    other checkouts sharing the tracking server take turns too), then the project's REGISTRY_LOCK file.
 
     Held only around read-check-move of the champion alias and the history write (seconds)."""
-    from filelock import FileLock, Timeout
-
     from art2mus.env import project_root
 
     path = (root or project_root()) / REGISTRY_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with registry_slot(wait_seconds):
-        lock = FileLock(path)
-        try:
-            lock.acquire(timeout=wait_seconds)
-        except Timeout:
-            raise RegistryBusy(f"registry: another promotion or rollback has held {path} for {wait_seconds:.0f} s; "
-                               "try again when it has finished") from None
-        try:
-            yield
-        finally:
-            lock.release()
+    with concurrency_slot(REGISTRY_LIMIT, wait_seconds, RegistryBusy(
+            f"registry: the Prefect concurrency limit {REGISTRY_LIMIT!r} stayed full for {wait_seconds:.0f} s "
+            "(another promotion or rollback); try again")), \
+         file_lock(path, wait_seconds, RegistryBusy(f"registry: another promotion or rollback has held {path} for "
+                                                    f"{wait_seconds:.0f} s; try again when it has finished")):
+        yield
 
 
 def utc_now() -> str:
