@@ -17,6 +17,7 @@ import math
 import random
 import shutil
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "training_state.pt"
+STATE_KEYS = ("step", "optimizer", "schedule", "losses")  # what a resume reads from STATE_FILE
+CORRUPT_PREFIX = "corrupt-"  # an unreadable checkpoint, set aside: `corrupt-step-NNNNNNN`
 
 
 @dataclass
@@ -178,21 +181,100 @@ def weights_sha256(aligner: ImageAligner) -> str:
     return digest.hexdigest()
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
+def checkpoints(out_dir: Path) -> list[Path]:
+    """The checkpoints (`step-NNNNNNN`), oldest first: not those set aside (`corrupt-step-*`) nor a killed
+    save's temporaries (`.step-*`)."""
     directory = out_dir / CHECKPOINTS_DIR
-    found = sorted(directory.glob("step-*")) if directory.is_dir() else []
+    return sorted(directory.glob("step-*")) if directory.is_dir() else []
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = checkpoints(out_dir)
     return found[-1] if found else None
 
 
+class UnreadableCheckpoint(Exception):
+    """A checkpoint that cannot be resumed from; the message names its file and what is wrong."""
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost error of a chain, as `Type: first line` (the library's wrappers say less)."""
+    seen = {id(error)}
+    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        error = inner
+    message = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {message[0][:200]}" if message else type(error).__name__
+
+
+def read_checkpoint_state(checkpoint: Path) -> dict:
+    """The training state of `checkpoint`, after checking that it and the aligner's weights load; raises
+    UnreadableCheckpoint naming the file that does not (a truncated save, a disk that filled up)."""
+    from safetensors.torch import load_file
+
+    state_file = checkpoint / STATE_FILE
+    if not state_file.is_file():
+        raise UnreadableCheckpoint(f"{STATE_FILE}: missing")
+    try:
+        state = torch.load(state_file, weights_only=True)
+    except Exception as error:
+        if not zipfile.is_zipfile(state_file):  # torch.save writes a zip archive, its end record last
+            raise UnreadableCheckpoint(f"{STATE_FILE}: truncated or not a torch archive "
+                                       f"({state_file.stat().st_size:,} bytes, no zip end record)") from error
+        raise UnreadableCheckpoint(f"{STATE_FILE}: cannot be loaded ({_cause(error)})") from error
+    missing = [key for key in STATE_KEYS if key not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing:
+        raise UnreadableCheckpoint(f"{STATE_FILE}: lacks {', '.join(missing)}")
+    weights = sorted((checkpoint / "aligner").glob("*.safetensors"))
+    if not weights:
+        raise UnreadableCheckpoint("aligner: no weights (*.safetensors)")
+    for path in weights:
+        try:
+            load_file(path)
+        except Exception as error:
+            raise UnreadableCheckpoint(f"aligner/{path.name}: cannot be loaded ({_cause(error)})") from error
+    try:
+        ImageAligner.from_pretrained(checkpoint / "aligner")
+    except Exception as error:
+        raise UnreadableCheckpoint(f"aligner: cannot be loaded ({_cause(error)})") from error
+    return state
+
+
+def set_aside(checkpoint: Path) -> Path:
+    """Rename an unreadable checkpoint to `corrupt-<name>` (`-1`, `-2`, ... when taken), kept for inspection:
+    no longer resumed, pruned or counted among the checkpoints kept."""
+    aside = checkpoint.with_name(f"{CORRUPT_PREFIX}{checkpoint.name}")
+    n = 0
+    while aside.exists():
+        n += 1
+        aside = checkpoint.with_name(f"{CORRUPT_PREFIX}{checkpoint.name}-{n}")
+    checkpoint.rename(aside)
+    return aside
+
+
 def resumable_checkpoint(out_dir: Path, fingerprint: str) -> Path | None:
-    """The latest checkpoint when it was written by this configuration (its `fingerprint`), else None."""
-    checkpoint = latest_checkpoint(out_dir)
-    if checkpoint is None:
-        return None
-    if torch.load(checkpoint / STATE_FILE, weights_only=True).get("fingerprint") != fingerprint:
-        logger.info("train: checkpoints in %s are from another configuration; starting fresh", out_dir)
-        return None
-    return checkpoint
+    """The newest readable checkpoint when it was written by this configuration (its `fingerprint`), else None.
+
+    One that cannot be read is set aside (`set_aside`, logged) and the one before it tried. Renames folders:
+    under torchrun only rank 0 calls this, and the others take its choice.
+    """
+    set_aside_any = False
+    for checkpoint in reversed(checkpoints(out_dir)):
+        try:
+            state = read_checkpoint_state(checkpoint)
+        except UnreadableCheckpoint as reason:
+            aside = set_aside(checkpoint)
+            set_aside_any = True
+            logger.warning("train: checkpoint %s cannot be read: %s; set aside as %s (delete it when you no longer "
+                           "need it)", checkpoint, reason, aside)
+            continue
+        if state.get("fingerprint") != fingerprint:
+            logger.info("train: checkpoints in %s are from another configuration; starting fresh", out_dir)
+            return None
+        return checkpoint
+    if set_aside_any:
+        logger.warning("train: no readable checkpoint left in %s; starting fresh", out_dir / CHECKPOINTS_DIR)
+    return None
 
 
 def remove_interrupted_checkpoints(out_dir: Path) -> None:
@@ -200,6 +282,12 @@ def remove_interrupted_checkpoints(out_dir: Path) -> None:
     directory = out_dir / CHECKPOINTS_DIR
     for leftover in directory.glob(".step-*") if directory.is_dir() else []:
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def remove_checkpoints(out_dir: Path) -> None:
+    """Delete the checkpoints before a fresh start; those set aside as corrupt stay."""
+    for checkpoint in checkpoints(out_dir):
+        shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -222,7 +310,7 @@ def save_checkpoint(
             "fingerprint": fingerprint,
             "world_size": world_size,
         }, tmp / STATE_FILE)
-    for old in sorted((out_dir / CHECKPOINTS_DIR).glob("step-*"))[: -params.keep_checkpoints]:
+    for old in checkpoints(out_dir)[: -params.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -238,8 +326,9 @@ def train_aligner(
 ) -> TrainResult:
     """Train (or resume) the aligner; only rank 0 writes checkpoints. Returns the unwrapped aligner.
 
-    A checkpoint is resumed only when its `fingerprint` (params, data, prior) equals this run's;
-    checkpoints of another configuration are discarded. Under torchrun every process calls this and
+    The newest readable checkpoint is resumed when its `fingerprint` (params, data, prior) equals this run's;
+    unreadable ones are set aside as `corrupt-step-*` (kept, logged), checkpoints of another configuration
+    are discarded. Under torchrun every process calls this and
     gets the same weights; the caller decides what rank 0 alone does with them.
     """
     from accelerate import Accelerator
@@ -263,8 +352,9 @@ def train_aligner(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, params))
     losses: list[tuple[int, float]] = []
     first_step = 0
-    # Rank 0 chooses and every rank resumes from its choice: ranks reading the folder for themselves could
-    # disagree when a checkpoint appears or is pruned between their reads.
+    # Rank 0 chooses (setting unreadable checkpoints aside) and every rank resumes from its choice: ranks
+    # reading the folder for themselves could disagree when a checkpoint appears, is pruned or is set aside
+    # between their reads.
     choice = [str(resumable_checkpoint(out_dir, fingerprint) or "") if resume and accelerator.is_main_process
               else ""]
     if accelerator.num_processes > 1:
@@ -287,7 +377,7 @@ def train_aligner(
     if accelerator.is_main_process:
         remove_interrupted_checkpoints(out_dir)
         if state is None:
-            shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
+            remove_checkpoints(out_dir)
     aligner, optimizer = accelerator.prepare(aligner, optimizer)
     rank, world = accelerator.process_index, accelerator.num_processes
     micro = params.micro_batch
