@@ -73,10 +73,9 @@ run: setup
 
 # The whole suite on TEST_WORKERS pytest-xdist workers (0: one process). The tests that share the
 # pipeline fixture's `dvc repro` run on one worker, everything else beside them (tests/conftest.py).
-# Serial by default: on CI's 2 cores the stages' own 2 torch threads beside a second worker oversubscribe
-# the cores and the pipeline fixture's tiny prior ran ~10x slower (11 s/step); `make test TEST_WORKERS=2`
-# runs the groups in parallel where there are cores to spare.
-TEST_WORKERS ?= 0
+# Each worker gets one CPU thread (OMP_NUM_THREADS=1), and the stages it starts follow it (`threads: auto`),
+# so two workers use CI's 2 cores without oversubscribing them.
+TEST_WORKERS ?= 2
 TEST_XDIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test: setup browser postgres

@@ -50,8 +50,8 @@ OUTPUT_TAIL = 3000  # characters of a failed command's output shown
 # The session fixtures every worker would otherwise build for itself, and the one group that has them.
 SHARED_FIXTURES = ("pipeline_repo", "prefect_api")
 SHARED_GROUP = "pipeline"
-# One thread per worker: two workers share the 2-core CI machine. Stage subprocesses that set their
-# threads from params.yaml keep doing so.
+# One thread per worker: two workers share the 2-core CI machine. The stage subprocesses a worker starts
+# inherit OMP_NUM_THREADS=1, which their `threads: auto` params follow.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 MISPLACED = pytest.StashKey[str]()  # why a test that uses a shared fixture is in another group
 
