@@ -23,7 +23,6 @@ import base64
 import json
 import logging
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -35,6 +34,8 @@ import urllib.request
 import zlib
 from functools import cache
 from pathlib import Path
+
+from art2mus.processes import stop_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -197,18 +198,8 @@ def start_server(root: Path, model_uri: str, uri: str) -> tuple[subprocess.Popen
                     return server, base_url
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(1)
-    stop_server(server)
+    stop_process_group(server, grace=60)
     raise RuntimeError(f"serving memory bench: no answer within {STARTUP_TIMEOUT}s:\n{log.read_text()[-3000:]}")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def measure(base_url: str, pid: int, hostile: int, largest_accepted: int) -> dict:
@@ -247,7 +238,7 @@ def run(quick: bool = False) -> dict:
         try:
             figures = measure(base_url, server.pid, hostile, largest_accepted)
         finally:
-            stop_server(server)
+            stop_process_group(server, grace=60)
     after, allowed = figures["rss_after_hostile_mb"], figures["rss_after_benign_mb"] + TARGET_MB
     return {"benchmark": "serving_memory", "source": str(ROOT), **figures,
             "goals": {"rss_after_hostile_mb": {"value": after, "target": allowed, "met": bool(after <= allowed)}}}

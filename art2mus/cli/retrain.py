@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import typer
 from art2mus.env import configure_environment, project_root
 from art2mus.errors import Art2MusError
 from art2mus.logs import setup_logging
+from art2mus.processes import stop_process_group
 
 DEFAULT_WAIT = 3600.0
 DEPLOYMENT = "art2mus-retrain"
@@ -141,12 +141,7 @@ def local_prefect_server(port: int) -> Iterator[str]:
         typer.echo(f"schedule: started a Prefect server at {api_url} (state in {os.environ.get('PREFECT_HOME')})")
         yield api_url
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        stop_process_group(server, grace=30)
 
 
 def schedule(

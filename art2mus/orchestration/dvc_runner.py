@@ -7,11 +7,9 @@ of which stages ran, which it skipped and which failed, so that output is parsed
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from art2mus.errors import Art2MusError
+from art2mus.processes import stop_process_group
 from art2mus.orchestration.retries import TransientFailure
 
 REMOTE_PROBE_SECONDS = 5.0
@@ -50,20 +49,6 @@ class ReproReport:
     ran: list[str]
     skipped: list[str]
     seconds: float
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    """End a command and everything it started (DVC runs each stage as a child)."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def run_logged(command: list[str], root: Path, logger: Logger) -> tuple[int, list[str]]:

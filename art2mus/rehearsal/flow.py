@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from art2mus.processes import stop_process_group
 from art2mus.rehearsal.project import copy_project, project_env
 
 STAGES = ("sample", "ingest", "validate_raw", "features", "pair", "split", "validate_splits", "prior", "latents",
@@ -208,13 +209,7 @@ def serve_one_request(project: Path, env: dict[str, str], log: Path, steps: int)
         return {"startup_seconds": ready, "request_seconds": answered, "steps": steps, "sample_rate": rate,
                 "samples": len(wave), "seconds": len(wave) / rate, "model_identity": row["model_identity"]}
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        stop_process_group(server, grace=60)
 
 
 def embed_with_imagebind(checkpoint: Path, images: list[Path], out: Path) -> None:
