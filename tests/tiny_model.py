@@ -1,4 +1,5 @@
-"""A packaged art2mus model of tiny, untrained parts, built in seconds (registry and serving tests)."""
+"""Tiny things for tests: a packaged art2mus model of untrained parts (registry and serving tests), and a
+project small enough that the train stage's upstream runs in a minute or two (training-stage tests)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,17 @@ from art2mus.models.aligner import ImageAligner
 from art2mus.models.tiny import build_tiny_backbone, save_tiny_backbone
 from art2mus.models.encoders import build_tiny_image_encoder
 from art2mus.models.pipeline import save_model
+
+# The train stage's upstream on a tiny project, then a few tiny training steps (threads=1: test workers share
+# the machine's cores). Tests set `train.processes`.
+TINY_PROJECT: dict[str, dict[str, Any]] = {
+    "sample": {"n_artworks": 48, "n_extra_tracks": 0, "n_artists": 8, "image_size": 32},
+    "ingest": {"workers": 1},
+    "validate_splits": {"min_pairs_per_split": {"train": 8, "val": 1, "test": 1}},
+    "prior": {"steps": 4, "batch_size": 8, "threads": 1},
+    "train": {"steps": 12, "batch_size": 8, "hidden_dim": 64, "checkpoint_every": 4, "keep_checkpoints": 2,
+              "threads": 1, "processes": 1},
+}
 
 
 def build_tiny_model(root: Path, info: dict[str, Any] | None = None) -> Path:

@@ -15,6 +15,7 @@ from art2mus.config import AudioParams, BackboneParams, TrainParams
 from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training.aligner import CHECKPOINTS_DIR, STATE_FILE, AlignerData, train_aligner, weights_sha256
 from tests.conftest import BIN, copy_project, project_env
+from tests.tiny_model import TINY_PROJECT
 
 WEIGHTS_FILE = Path("aligner/diffusion_pytorch_model.safetensors")
 # A checkpoint after every step, the last two kept: step-0000005 and step-0000006 at the end.
@@ -99,15 +100,6 @@ def test_when_no_checkpoint_can_be_read_training_starts_fresh_and_keeps_them_asi
     assert any("starting fresh" in message for message in messages), messages
 
 
-# The train stage's upstream on a tiny project (a minute or two), then a few tiny training steps.
-TINY_PROJECT = {
-    "sample": {"n_artworks": 48, "n_extra_tracks": 0, "n_artists": 8, "image_size": 32},
-    "ingest": {"workers": 1},
-    "validate_splits": {"min_pairs_per_split": {"train": 8, "val": 1, "test": 1}},
-    "prior": {"steps": 4, "batch_size": 8, "threads": 1},
-    "train": {"steps": 12, "batch_size": 8, "hidden_dim": 64, "checkpoint_every": 4, "keep_checkpoints": 2,
-              "threads": 1, "processes": 1},
-}
 TIMEOUT = 600
 
 

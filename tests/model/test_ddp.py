@@ -18,17 +18,10 @@ import pytest
 from art2mus.config import TrainParams
 from art2mus.training import launch
 from tests.conftest import BIN, copy_project, project_env
+from tests.tiny_model import TINY_PROJECT as TINY
 
-# A project small enough that its upstream stages run in a minute or two, and a 2-process training run
-# of a few tiny steps (threads=1: the two workers share the machine's 2 cores).
-TINY_PROJECT = {
-    "sample": {"n_artworks": 48, "n_extra_tracks": 0, "n_artists": 8, "image_size": 32},
-    "ingest": {"workers": 1},
-    "validate_splits": {"min_pairs_per_split": {"train": 8, "val": 1, "test": 1}},
-    "prior": {"steps": 4, "batch_size": 8, "threads": 1},
-    "train": {"steps": 12, "batch_size": 8, "hidden_dim": 64, "checkpoint_every": 4, "keep_checkpoints": 2,
-              "threads": 1, "processes": 2},
-}
+# The tiny project with a 2-process training run.
+TINY_PROJECT = {**TINY, "train": {**TINY["train"], "processes": 2}}
 CHECKPOINTS = Path("models/aligner/checkpoints")
 RECORD = Path("models/train_record.json")
 TIMEOUT = 600
