@@ -12,7 +12,8 @@ import pandas as pd
 
 from art2mus.config import PairParams
 from art2mus.data.schema import PAIR_COLUMNS
-from art2mus.data.sources import IngestError, read_csv_strings
+from art2mus.data.sources import IngestError, lacks_final_line_end, read_csv_strings
+from art2mus.io import unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,15 @@ def read_pairs_file(path: Path) -> pd.DataFrame:
     return pairs.assign(track_id=track_ids.astype("int64"), artwork_id=pairs["artwork_id"].astype("string"))
 
 
+def check_last_row_not_cut(path: Path, reasons: pd.Series) -> None:
+    """Refuse a pairs CSV whose last row names an unknown item and has no line end: a cut-off id (131917
+    read as 1319) would otherwise drop the pair silently, or pair the wrong track."""
+    if path.suffix == ".parquet" or reasons.empty or "not in the manifest" not in reasons.iloc[-1]:
+        return
+    if lacks_final_line_end(path):
+        raise unreadable(path, f"its last line (row {len(reasons)}) has no line end and was dropped: {reasons.iloc[-1]}")
+
+
 def pairs_from_file(
     params: PairParams, artworks: pd.DataFrame, tracks: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -47,6 +57,7 @@ def pairs_from_file(
     reasons[(reasons == "") & ~given["track_id"].isin(tracks["track_id"])] = "track not in the manifest (missing or quarantined)"
     reasons[(reasons == "") & given.duplicated("artwork_id", keep="first")] = "artwork already paired earlier in the file"
     reasons[(reasons == "") & given.duplicated("track_id", keep="first")] = "track already paired earlier in the file"
+    check_last_row_not_cut(Path(params.pairs_file), reasons)
     dropped = given[reasons != ""].assign(reason=reasons[reasons != ""]).reset_index(drop=True)
     kept = given[reasons == ""]
     pairs = kept.merge(artworks[["artwork_id", "artist", "style", "genre"]], on="artwork_id", how="left").merge(

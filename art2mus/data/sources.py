@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 from dataclasses import asdict, dataclass
@@ -10,6 +11,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from art2mus.errors import Art2MusError
+from art2mus.io import unreadable
 
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -39,11 +41,40 @@ def decode_csv_bytes(data: bytes) -> tuple[str, bool]:
         return data.decode("utf-8-sig", errors="replace"), False
 
 
+def cut_short(text: str) -> str | None:
+    """Why a CSV's text looks cut off mid-record (no final line end, and an open quote or a short last
+    record), or None; a cut that falls exactly on a line end cannot be told from a shorter file."""
+    if not text or text.endswith(("\n", "\r")):
+        return None
+    try:
+        records = list(csv.reader(io.StringIO(text), strict=True))
+    except csv.Error as error:
+        if "unexpected end of data" in str(error):
+            return "it ends inside a quoted field, with no final line end"
+        return None  # malformed in some other way: the CSV parser says how
+    if len(records) > 1 and len(records[-1]) < len(records[0]):
+        return (f"its last line has {len(records[-1])} of the header's {len(records[0])} fields "
+                "and no line end")
+    return None
+
+
+def lacks_final_line_end(path: Path) -> bool:
+    """Whether a non-empty text file's last byte is not a line end (a sign it may have been cut off)."""
+    with path.open("rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) not in (b"\n", b"\r")
+
+
 def read_csv_strings(path: Path, **kwargs) -> tuple[pd.DataFrame, bool]:
     """Read a CSV with every cell as a string ('' for empty); also say whether it was valid UTF-8."""
     if not path.is_file():
         raise IngestError(f"{path}: metadata file not found")
     text, valid = decode_csv_bytes(path.read_bytes())
+    cut = cut_short(text)
+    if cut is not None:
+        raise unreadable(path, cut)
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as error:

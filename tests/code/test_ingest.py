@@ -13,6 +13,7 @@ from art2mus.config import IngestParams
 from art2mus.data.ingest import ingest
 from art2mus.data.schema import ARTWORK_COLUMNS, QUARANTINE_COLUMNS, TRACK_COLUMNS
 from art2mus.data.sources import IngestError
+from art2mus.io import UnreadableFile
 from tests.corpus import (
     make_raw_dataset,
     track_relpath,
@@ -276,3 +277,16 @@ def test_cli_reads_the_metadata_file_it_is_given_and_names_the_choices(tmp_path:
     given = CliRunner().invoke(app, [*command, "--artgraph-metadata", str(artgraph / "export.csv")])
     assert given.exit_code == 0, given.output
     assert "ingest: 4 artworks" in given.output and len(pd.read_parquet(tmp_path / "out" / "artworks.parquet")) == 4
+
+
+@pytest.mark.parametrize("cut", ["short_record", "open_quote"])
+def test_a_metadata_csv_cut_mid_record_is_refused_naming_it(tmp_path: Path, cut: str) -> None:
+    artgraph, fma = make_raw_dataset(tmp_path / "raw")
+    tracks_csv = fma / "fma_metadata" / "tracks.csv"
+    text = tracks_csv.read_text()
+    last = text.rstrip("\n").rsplit("\n", 1)[1]
+    cut_text = text.rstrip("\n")[: -len(last)] + (last.split(",", 1)[0] + "," if cut == "short_record" else last + ',"Jazz')
+    tracks_csv.write_text(cut_text)
+    with pytest.raises(UnreadableFile, match=r"tracks\.csv: unreadable, truncated or corrupt \((its last line has|it ends inside)"):
+        ingest(artgraph, fma, tmp_path / "out", PARAMS, quiet=True)
+    assert not list((tmp_path / "out").glob("*.parquet"))  # no manifest from a shortened file

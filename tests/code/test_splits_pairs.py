@@ -10,6 +10,7 @@ from art2mus.config import PairParams, SplitParams
 from art2mus.data.pairs import make_pairs
 from art2mus.data.splits import make_splits
 from art2mus.data.sources import IngestError
+from art2mus.io import UnreadableFile
 
 
 def synthetic_pairs(n: int = 600, artists: int = 80, seed: int = 0) -> pd.DataFrame:
@@ -75,3 +76,16 @@ def test_a_malformed_pairs_file_is_a_clear_error(tmp_path: Path, manifests) -> N
     pairs_file.write_text("artwork_id,track_id\na.jpg,one\n")
     with pytest.raises(IngestError, match="non-integer track_id"):
         make_pairs(PairParams(pairs_file=str(pairs_file)), *manifests)
+
+
+def test_a_pairs_file_cut_inside_its_last_id_is_refused_not_shortened(tmp_path: Path, manifests) -> None:
+    pairs_file = tmp_path / "pairs.csv"
+    pairs_file.write_text("artwork_id,track_id\nb.jpg,2\na.jpg,1")  # complete, but no final line end: kept
+    pairs, _ = make_pairs(PairParams(pairs_file=str(pairs_file)), *manifests)
+    assert len(pairs) == 2
+    pairs_file.write_text("artwork_id,track_id\nb.jpg,2\na.jpg,13")  # "131" cut to "13": not a known track
+    with pytest.raises(UnreadableFile, match=r"pairs\.csv: unreadable, truncated or corrupt \(its last line \(row 2\)"):
+        make_pairs(PairParams(pairs_file=str(pairs_file)), *manifests)
+    pairs_file.write_text("artwork_id,track_id\nb.jpg,2\na.jpg,13\n")  # a whole line naming an unknown track: dropped
+    pairs, dropped = make_pairs(PairParams(pairs_file=str(pairs_file)), *manifests)
+    assert len(pairs) == 1 and "track not in the manifest" in dropped["reason"].iloc[0]

@@ -34,13 +34,6 @@ READ_WITH = {"data/features/image_embeddings.safetensors": {"pair": {"method": "
 # The two readers issue 12 names, beyond the first readers.
 NAMED_IN_ISSUE = [("train", "data/features/image_embeddings.safetensors"),
                   ("generate", "models/art2mus/prior/unet/diffusion_pytorch_model.safetensors")]
-# Known gaps, outside this change: half a CSV still parses (as fewer rows), and the raw-data readers in
-# art2mus/data/ (sources.py, pairs.py) take it as a shorter file.
-KNOWN_GAPS = {
-    "data/sample/artgraph": "a truncated ArtGraph CSV reads as fewer artworks (art2mus/data/sources.py)",
-    "data/sample/fma": "a truncated FMA tracks.csv reads as fewer tracks (art2mus/data/sources.py)",
-    "data/sample/artsound_pairs.csv": "a truncated pairs CSV reads as fewer pairs (art2mus/data/pairs.py)",
-}
 
 
 def resolved(text: str, params: dict) -> str:
@@ -91,8 +84,7 @@ def cases(root: Path = ROOT) -> list[tuple[str, str]]:
 
 
 def case_param(stage: str, dep: str):
-    marks = [pytest.mark.xfail(reason=KNOWN_GAPS[dep], strict=True)] if dep in KNOWN_GAPS else []
-    return pytest.param(stage, dep, id=f"{stage}:{dep}", marks=marks)
+    return pytest.param(stage, dep, id=f"{stage}:{dep}")
 
 
 def truncated_files(root: Path, dep: str) -> list[str]:
