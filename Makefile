@@ -71,8 +71,9 @@ stack-status:
 run: setup
 	$(BIN)/art2mus retrain
 
-# The whole suite on TEST_WORKERS pytest-xdist workers (0: one process). The tests that share the
-# pipeline fixture's `dvc repro` run on one worker, everything else beside them (tests/conftest.py).
+# The whole suite on TEST_WORKERS pytest-xdist workers (0: one process). The pipeline fixture's `dvc repro`
+# is built once, by one worker, while the other runs the tests that do not need it; then both share the
+# tests that do (tests/conftest.py).
 # Each worker gets one CPU thread (OMP_NUM_THREADS=1), and the stages it starts follow it (`threads: auto`),
 # so two workers use CI's 2 cores without oversubscribing them.
 TEST_WORKERS ?= 2

@@ -1,20 +1,22 @@
 """Shared fixtures: a temporary copy of the project as a git repo, for end-to-end runs.
 
-`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`). The tests that use
-the shared session fixtures (`pipeline_repo`: the pipeline's `dvc repro`, ~10-12 min on a quiet
-2-core machine; `prefect_api`) are marked `xdist_group("pipeline")` so that they run on one worker
-and the pipeline is built once; every other module is its own group (its module fixtures are built
-once, its tests run in file order). The pipeline group starts first, then the groups with slow
-tests, then the rest. Each worker runs torch on one thread.
+`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`); each module is a
+group of its own (its module fixtures are built once, its tests run in file order) and each worker
+runs torch on one thread. The pipeline's `dvc repro` (`pipeline_repo`, ~20 min at one thread) is built
+once per session, by the first worker that needs it, while the other waits on a file lock; each worker
+then tests its own copy. The groups are handed out in this order: SHARED_GROUP (quick readers of the
+pipeline, so one worker starts the build at once), the groups with slow tests, the rest, and last the
+other users of `pipeline_repo` and `prefect_api`, which either worker takes once the build is done.
 
 Timeouts (pyproject.toml) catch hangs, not slowness: a test's call gets `timeout` seconds, its
 fixtures' setup does not count (`timeout_func_only`); the pipeline's `dvc repro` has its own limit
 (PIPELINE_TIMEOUT). A shared fixture that fails says why in full at the first test that needs it and
-in one line at every later one, without being run again.
+in one line at every later one, on either worker, without being run again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -47,13 +49,14 @@ PIPELINE_TIMEOUT = int(os.environ.get("ART2MUS_TEST_PIPELINE_TIMEOUT", "4800"))
 COMMAND_TIMEOUT = 1800  # seconds any other `run` command may take (as a test call: pyproject's `timeout`)
 OUTPUT_TAIL = 3000  # characters of a failed command's output shown
 
-# The session fixtures every worker would otherwise build for itself, and the one group that has them.
+# The session fixtures that are costly to set up. SHARED_GROUP holds the quick readers of the pipeline and
+# runs first; the other modules that use these fixtures run last (LATE_RANK).
 SHARED_FIXTURES = ("pipeline_repo", "prefect_api")
 SHARED_GROUP = "pipeline"
+LATE_RANK = 3
 # One thread per worker: two workers share the 2-core CI machine. The stage subprocesses a worker starts
 # inherit OMP_NUM_THREADS=1, which their `threads: auto` params follow.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-MISPLACED = pytest.StashKey[str]()  # why a test that uses a shared fixture is in another group
 
 
 def xdist_worker() -> bool:
@@ -74,8 +77,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if MISPLACED in item.stash:
-        pytest.fail(item.stash[MISPLACED], pytrace=False)
     # An in-process run that set its own threads (training from params) does not carry them over.
     if xdist_worker() and "torch" in sys.modules:
         one_torch_thread()
@@ -93,28 +94,22 @@ def group_name(item: pytest.Item) -> str:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
-    """Every user of a shared fixture is in SHARED_GROUP; any other module is a group of its own."""
+    """Each module is a group of its own unless marked; the groups are ordered for the scheduler."""
     for item in items:
-        groups = xdist_groups(item)
-        if set(SHARED_FIXTURES) & set(getattr(item, "fixturenames", ())):
-            if not groups:  # the module's marker was forgotten: still one build of the fixtures
-                item.add_marker(pytest.mark.xdist_group(SHARED_GROUP))
-            elif groups != {SHARED_GROUP}:
-                item.stash[MISPLACED] = (
-                    f"this test uses a shared session fixture ({', '.join(SHARED_FIXTURES)}) but is in "
-                    f"xdist_group {'_'.join(sorted(groups))!r}, so a second worker would build the fixture again; "
-                    f"mark it (or its module) xdist_group({SHARED_GROUP!r}) only")
-        elif not groups:
+        if not xdist_groups(item):
             module = item.path.relative_to(TESTS) if item.path.is_relative_to(TESTS) else item.path
             item.add_marker(pytest.mark.xdist_group(module.with_suffix("").as_posix()))
     yield  # pytest-xdist's own hook (a worker under --dist loadgroup) appends "@<group>" to each node id
     if getattr(config.option, "loadgroup", False):
         for item in items:
             group_node_id(item)
-        # Longest first: the shared group, then the groups with slow tests, then the rest (each group in
-        # file order). Under --no-loadscope-reorder (make test) the scheduler hands the groups out in this
-        # order, so quick groups fill the end instead of one slow module running alone at the end.
-        rank = {group_name(item): 1 for item in items if item.get_closest_marker("slow")} | {SHARED_GROUP: 0}
+        # Under --no-loadscope-reorder (make test) the scheduler hands the groups out in this order (each
+        # group in file order): the pipeline's builder first, slow groups before quick ones so that quick
+        # groups fill the end, and the other pipeline users last, when the build is done.
+        rank = {group_name(item): 1 for item in items if item.get_closest_marker("slow")}
+        rank |= {group_name(item): LATE_RANK for item in items
+                 if set(SHARED_FIXTURES) & set(getattr(item, "fixturenames", ()))}
+        rank[SHARED_GROUP] = 0
         items.sort(key=lambda item: rank.get(group_name(item), 2))
 
 
@@ -145,7 +140,7 @@ class SharedFixtureFailed(pytest.fail.Exception):
 
     def __init__(self, fixture: str, summary: str, detail: str) -> None:
         super().__init__(f"{fixture} failed: {summary}\n{detail}".rstrip(), pytrace=False)
-        self.fixture, self.summary, self.first_test = fixture, summary, None
+        self.fixture, self.summary, self.detail, self.first_test = fixture, summary, detail, None
 
     def reported(self, nodeid: str) -> None:
         if self.first_test is None:
@@ -278,12 +273,45 @@ def repro(root: Path, log: Path, timeout: float) -> None:
     raise SharedFixtureFailed("pipeline_repo", outcome, f"its output, in {log}, ends:\n{tail}")
 
 
+def session_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test session's temporary folder, shared by its xdist workers (each has its own below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if xdist_worker() else base
+
+
+def built_pipeline(shared: Path) -> Path:
+    """The project on which `dvc repro` ran, built once per test session: the first worker to get here
+    builds it under a file lock, a later one reuses it, or raises the builder's failure again."""
+    from filelock import FileLock
+
+    built, done, failed = shared / "pipeline" / "project", shared / "pipeline" / "done", shared / "pipeline" / "failed.json"
+    built.mkdir(parents=True, exist_ok=True)
+    with FileLock(shared / "pipeline" / "build.lock"):
+        if failed.is_file():
+            record = json.loads(failed.read_text())
+            raise SharedFixtureFailed("pipeline_repo", record["summary"],
+                                      f"(built on {record['worker']}) {record['detail']}")
+        if not done.is_file():  # the first, or a builder that died without a word: build (again)
+            shutil.rmtree(built)
+            try:
+                copy_project(built, E2E_PARAMS)
+                repro(built, shared / "pipeline" / "dvc-repro.log", PIPELINE_TIMEOUT)
+            except SharedFixtureFailed as error:
+                failed.write_text(json.dumps({"summary": error.summary, "detail": error.detail,
+                                              "worker": os.environ.get("PYTEST_XDIST_WORKER", "the controller")}))
+                raise
+            done.touch()
+    return built
+
+
 @pytest.fixture(scope="session")
 def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy on which the whole pipeline has run once with `dvc repro` (shared by e2e tests)."""
+    """This worker's copy of a project on which the whole pipeline has run once with `dvc repro` (built once
+    per session, see built_pipeline); e2e tests may change it, or copy it to keep it as it is."""
     with shared_fixture("pipeline_repo"):
-        root = copy_project(tmp_path_factory.mktemp("project"), E2E_PARAMS)
-        repro(root, tmp_path_factory.mktemp("pipeline_log") / "dvc-repro.log", PIPELINE_TIMEOUT)
+        built = built_pipeline(session_temp(tmp_path_factory))
+        root = tmp_path_factory.mktemp("project")
+        shutil.copytree(built, root, symlinks=True, dirs_exist_ok=True)
     return root
 
 

@@ -34,7 +34,6 @@ from art2mus.config import AlertsParams
 from art2mus.errors import Art2MusError
 from tests.conftest import BIN, copy_project, project_env
 
-pytestmark = pytest.mark.xdist_group("pipeline")  # one worker builds pipeline_repo and prefect_api
 slow = pytest.mark.slow
 RUN_TIMEOUT = 600
 FLOW_RUN_NAME = re.compile(r"Beginning flow run '([^']+)'")

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from art2mus.tracking.registry import MODEL_NAME
 from tests.conftest import BIN, merge, project_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # one worker builds pipeline_repo
+pytestmark = pytest.mark.slow
 
 
 def art2mus(root: Path, *arguments: str) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ import yaml
 
 from tests.conftest import BIN, ROOT, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # one worker builds pipeline_repo
+pytestmark = pytest.mark.slow
 STAGE_TIMEOUT = 600  # seconds one stage may take to fail (they fail while reading, in seconds)
 
 # Raw media: ingest quarantines an unreadable image or track by name and goes on (its contract, tested in

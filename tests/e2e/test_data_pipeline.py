@@ -13,7 +13,7 @@ import yaml
 
 from tests.conftest import BIN, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # one worker builds pipeline_repo
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # SHARED_GROUP: first, to start the build
 
 DATA_STAGES = ["sample", "ingest", "validate_raw", "pair", "split", "validate_splits"]
 MODEL_STAGES = ["features", "prior", "latents", "train", "evaluate"]

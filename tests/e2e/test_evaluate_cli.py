@@ -13,7 +13,7 @@ from art2mus.evaluation.evaluate import GENERATED_DIR, METRICS_FILE, PER_ITEM_FI
 from art2mus.models.pipeline import Art2MusPipeline
 from tests.conftest import BIN, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # one worker builds pipeline_repo
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # SHARED_GROUP: first, to start the build
 SMALL = {"max_items": 12, "draws": 2, "untrained_seeds": [1], "steps": 4, "fad_resamples": 10, "report_items": 2,
          "planted_tracks": 24}
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # one worker builds pipeline_repo
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # SHARED_GROUP: first, to start the build
 CHANCE = 1 / 8
 
 

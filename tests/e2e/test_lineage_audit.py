@@ -30,7 +30,7 @@ from art2mus.tracking.registry import (
 )
 from tests.conftest import BIN, project_env, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # one worker builds pipeline_repo
+pytestmark = pytest.mark.slow
 TRAIN_TIMEOUT = 1200  # seconds: the one retraining of this module
 
 

@@ -50,7 +50,6 @@ from flows.retrain import (
 )
 from tests.conftest import BIN, SERVER_TIMEOUT, free_port, merge, project_env, stop
 
-pytestmark = pytest.mark.xdist_group("pipeline")  # one worker builds pipeline_repo and prefect_api
 slow = pytest.mark.slow
 # An aligner that barely trained. Its evaluation keeps how the decision's per-item correspondence scores are
 # drawn (k, draws, t_range, seed, split) on the first 32 test items (the champion is scored on the same ones),

@@ -51,7 +51,7 @@ from infra.local.stack import (
 )
 from tests.conftest import BIN, project_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # one worker builds pipeline_repo
+pytestmark = pytest.mark.slow
 
 BUCKET = "art2mus"
 COMMAND_TIMEOUT = 600  # seconds, any one command of the module

@@ -21,7 +21,7 @@ import yaml
 
 from tests.conftest import project_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # one worker builds pipeline_repo
+pytestmark = pytest.mark.slow
 
 # threads=1: two stage processes share the CI machine's 2 cores without oversubscribing them.
 SMALL_TRAIN = {"steps": 12, "batch_size": 8, "hidden_dim": 64, "checkpoint_every": 4, "keep_checkpoints": 2,
