@@ -14,7 +14,8 @@ import numpy as np
 from art2mus.data.sources import printable_name
 from art2mus.errors import Art2MusError
 from art2mus.io import atomic_path
-from art2mus.models.pipeline import MODEL_FILE, Art2MusPipeline, GenerationConfig
+from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig
+from art2mus.workspace import MODEL_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ import signal
 import subprocess
 
 
-def stop_process_group(process: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM the process group of `process` (started with `start_new_session=True`), SIGKILL it after
-    `grace` seconds; a no-op when it has already ended."""
+def stop_process_group(process: subprocess.Popen, grace: float = 20.0, sig: int = signal.SIGTERM) -> None:
+    """Send `sig` (SIGTERM) to the process group of `process` (started with `start_new_session=True`),
+    SIGKILL it after `grace` seconds; a no-op when it has already ended."""
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, sig)
     try:
         process.wait(timeout=grace)
     except subprocess.TimeoutExpired:

@@ -34,6 +34,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from art2mus.processes import stop_process_group
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 BIN = Path(sys.executable).parent
@@ -329,16 +331,6 @@ def answers(url: str) -> bool:
         return False
 
 
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Prefect server on 127.0.0.1 shared by every retrain of the session (its home in a temp dir)."""
@@ -361,4 +353,4 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(0.5)
         yield api
     finally:
-        stop(server)
+        stop_process_group(server, grace=60)

@@ -29,8 +29,8 @@ from art2mus.io import check_model_folder, read_json, rebuild_hint
 from art2mus.models.aligner import ImageAligner
 from art2mus.models.backbone import Backbone, resolve_device
 from art2mus.models.loader import load_backbone
+from art2mus.workspace import MODEL_FILE
 
-MODEL_FILE = "model.json"
 SchedulerName = Literal["dpmsolver++", "ddim"]
 
 

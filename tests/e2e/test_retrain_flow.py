@@ -38,6 +38,7 @@ from prefect.logging import disable_run_logger
 
 from art2mus.config import Params
 from art2mus.errors import Art2MusError
+from art2mus.processes import stop_process_group
 from art2mus.tracking.registry import MODEL_NAME
 from flows.retrain import (
     TransientFailure,
@@ -48,7 +49,7 @@ from flows.retrain import (
     previous_verdict,
     sync_data,
 )
-from tests.conftest import BIN, SERVER_TIMEOUT, free_port, merge, project_env, stop
+from tests.conftest import BIN, SERVER_TIMEOUT, free_port, merge, project_env
 
 slow = pytest.mark.slow
 # An aligner that barely trained. Its evaluation keeps how the decision's per-item correspondence scores are
@@ -464,4 +465,4 @@ def test_schedule_serves_a_cron_deployment(copy_c: Path, prefect_api: str) -> No
         assert schedule["schedule"]["cron"] == "0 3 * * 1" and schedule["active"]
         assert found[0]["parameters"]["project_dir"] == str(copy_c)
     finally:
-        stop(server, signal.SIGINT)
+        stop_process_group(server, grace=60, sig=signal.SIGINT)

@@ -20,10 +20,11 @@ import pytest
 import soundfile as sf
 from mlflow import MlflowClient
 
+from art2mus.processes import stop_process_group
 from art2mus.serving.pyfunc import example_image_base64
-from bench.serving_memory import benign_request, hostile_requests, huge_images_request, tree_rss_mb
 from art2mus.tracking.registry import MODEL_NAME, Lineage, promote, register_model
-from tests.conftest import BIN, free_port, project_env, stop
+from bench.serving_memory import benign_request, hostile_requests, huge_images_request, tree_rss_mb
+from tests.conftest import BIN, free_port, project_env
 from tests.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.slow
@@ -78,7 +79,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         wait_until_up(f"http://127.0.0.1:{port}/ping", server, log)
         yield Served(f"http://127.0.0.1:{port}", registered.identity, server.pid)
     finally:
-        stop(server)
+        stop_process_group(server, grace=60)
 
 
 def invoke(base_url: str, payload: dict) -> tuple[int, dict]:

@@ -18,8 +18,9 @@ from art2mus.io import sha256_file, sha256_tree
 from art2mus.models.aligner import ImageAligner
 from art2mus.models.backbone import BackboneError
 from art2mus.models.encoders import build_tiny_image_encoder
-from art2mus.models.pipeline import MODEL_FILE, Art2MusPipeline
+from art2mus.models.pipeline import Art2MusPipeline
 from art2mus.training.aligner import weights_sha256
+from art2mus.workspace import MODEL_FILE
 from tests.tiny_model import build_tiny_model
 
 ALIGNER_WEIGHTS = "aligner/diffusion_pytorch_model.safetensors"
