@@ -7,9 +7,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from art2mus.config.base import Section
+from art2mus.config.captions import DEFAULT_TEMPLATE as DEFAULT_CAPTION_TEMPLATE, template_parts
 from art2mus.config.data import EncoderSpec
 from art2mus.config.profiles import AUTO, Threads
-from art2mus.evaluation.captions import DEFAULT_TEMPLATE as DEFAULT_CAPTION_TEMPLATE, template_parts
 
 
 class TinyBackboneParams(Section):
@@ -143,7 +143,7 @@ class EvaluateParams(Section):
     # The text-conditioned AudioLDM2 on metadata captions (row `text_captions`): auto = when the backbone
     # is the real AudioLDM2 (the tiny one has no language: reported absent with the reason), off = never.
     caption_baseline: Literal["auto", "off"] = "auto"
-    caption_template: str = DEFAULT_CAPTION_TEMPLATE  # art2mus/evaluation/captions.py: {fields}, [optional parts]
+    caption_template: str = DEFAULT_CAPTION_TEMPLATE  # art2mus/config/captions.py: {fields}, [optional parts]
 
     @model_validator(mode="after")
     def _caption_template_is_valid(self) -> "EvaluateParams":

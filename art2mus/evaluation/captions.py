@@ -1,8 +1,7 @@
 """Metadata captions for the text-conditioned AudioLDM2 baseline (the paper's comparison).
 
-A caption template is plain text with `{field}` placeholders (title, artist, style, genre, date).
-A part in square brackets is optional: it is dropped when any field inside it is missing, so
-`Music for the painting[ "{title}"][ by {artist}]` reads well with or without a title or artist.
+The template (art2mus/config/captions.py: `{field}` placeholders, optional parts in square brackets)
+is filled from an artwork's metadata; an optional part is dropped when any field inside it is missing.
 Field values come from data files: control characters and brackets/braces are removed,
 whitespace is collapsed, each value is cut at FIELD_CHARS, and `nan`, `none`, `null`, `unknown`
 and empty values count as missing.
@@ -17,27 +16,10 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
-CAPTION_FIELDS = ("title", "artist", "style", "genre", "date")
-DEFAULT_TEMPLATE = 'Music for the painting[ "{title}"][ by {artist}][, {style}][, {genre}][, {date}]'
+from art2mus.config.captions import CAPTION_FIELDS, DEFAULT_TEMPLATE, template_parts
+
 FIELD_CHARS = 80
 MISSING = {"", "nan", "none", "null", "unknown", "n/a", "na"}
-_PART = re.compile(r"\[([^\[\]]*)\]|([^\[\]]+)")
-
-
-def template_parts(template: str) -> list[tuple[str, bool]]:
-    """Split a template into (text, optional) parts; ValueError on bad brackets or unknown fields."""
-    if template.count("[") != template.count("]") or re.search(r"\[[^\]]*\[|\][^\[]*\]", template):
-        raise ValueError(f"caption template {template!r}: optional parts need matching, unnested [ ]")
-    parts = [(match.group(1), True) if match.group(1) is not None else (match.group(2), False)
-             for match in _PART.finditer(template)]
-    for text, _ in parts:
-        for _, field, spec, conversion in string.Formatter().parse(text):
-            if field is not None and (field not in CAPTION_FIELDS or spec or conversion):
-                raise ValueError(f"caption template {template!r}: unknown placeholder {{{field}}} "
-                                 f"(use {', '.join('{' + name + '}' for name in CAPTION_FIELDS)})")
-    if not any(field for text, _ in parts for _, field, _, _ in string.Formatter().parse(text) if field):
-        raise ValueError(f"caption template {template!r}: no placeholder, every caption would be the same")
-    return parts
 
 
 def clean_field(value: Any) -> str:
