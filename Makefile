@@ -6,12 +6,9 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 
 export PATH := $(BIN):$(PATH)
-export DVC_NO_ANALYTICS := 1
-export ITERATIVE_DO_NOT_TRACK := do-not-track
-export GX_ANALYTICS_ENABLED := false
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export MLFLOW_DISABLE_TELEMETRY := true
-export HF_HUB_DISABLE_TELEMETRY := 1
+# The offline defaults (no analytics, no cloud metadata lookup), spelled once in art2mus/env.py; a variable
+# already in the environment wins.
+$(foreach setting,$(shell $(PYTHON) art2mus/env.py),$(eval export $(setting)))
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site_cache
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 

@@ -1,8 +1,12 @@
-"""Quiet, offline-safe process defaults: no analytics, tool state inside the project."""
+"""Quiet, offline-safe process defaults: no analytics, tool state inside the project.
+
+`python art2mus/env.py` prints the offline defaults the environment does not set, as KEY=VALUE lines: the
+Makefile exports them to the tools it runs (it needs only the system Python, before .venv exists)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 PROJECT_MARKERS = ("params.yaml", "dvc.yaml")
@@ -41,8 +45,27 @@ def disable_cloud_metadata_lookup() -> None:
 def configure_environment(root: Path | None = None) -> Path:
     """Apply the offline defaults and keep Prefect's home inside the project; returns the root."""
     root = root or project_root()
-    for key, value in OFFLINE_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    os.environ.update(unset_offline_defaults())
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(root / ".dvc" / "tmp" / "site_cache"))
     return root
+
+
+def project_environment(root: Path) -> dict[str, str]:
+    """The environment `make` gives the tools it runs in the project at `root`: this interpreter's scripts
+    first on PATH, the offline defaults, tool state inside the project, none of the caller's MLflow,
+    Prefect or DVC settings."""
+    bin_dir = Path(sys.executable).parent
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "PREFECT_", "DVC_"))}
+    env.update(OFFLINE_DEFAULTS, PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+               DVC_SITE_CACHE_DIR=str(root / ".dvc" / "tmp" / "site_cache"), PREFECT_HOME=str(root / ".prefect"))
+    return env
+
+
+def unset_offline_defaults() -> dict[str, str]:
+    """The offline defaults the current environment does not set (an explicit environment wins)."""
+    return {key: value for key, value in OFFLINE_DEFAULTS.items() if key not in os.environ}
+
+
+if __name__ == "__main__":
+    print("\n".join(f"{key}={value}" for key, value in unset_offline_defaults().items()))

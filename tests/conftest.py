@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from art2mus.env import project_environment
 from art2mus.processes import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,9 @@ OUTPUT_TAIL = 3000  # characters of a failed command's output shown
 SHARED_FIXTURES = ("pipeline_repo", "prefect_api")
 SHARED_GROUP = "pipeline"
 LATE_RANK = 3
+# The git identity of the project copies' commits.
+AUTHOR = {"GIT_AUTHOR_NAME": "art2mus tests", "GIT_AUTHOR_EMAIL": "tests@art2mus.invalid",
+          "GIT_COMMITTER_NAME": "art2mus tests", "GIT_COMMITTER_EMAIL": "tests@art2mus.invalid"}
 # One thread per worker: two workers share the 2-core CI machine. The stage subprocesses a worker starts
 # inherit OMP_NUM_THREADS=1, which their `threads: auto` params follow.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -196,7 +200,7 @@ def copy_project(destination: Path, params_override: dict) -> Path:
         shutil.copy2(ROOT / name, target)
     params = yaml.safe_load((destination / "params.yaml").read_text())
     (destination / "params.yaml").write_text(yaml.safe_dump(merge(params, params_override), sort_keys=False))
-    git = ["git", "-c", "user.name=art2mus tests", "-c", "user.email=tests@art2mus.invalid"]
+    git = ["git", "-c", f"user.name={AUTHOR['GIT_AUTHOR_NAME']}", "-c", f"user.email={AUTHOR['GIT_AUTHOR_EMAIL']}"]
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=destination, check=True)
     subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "test copy"], cwd=destination, check=True)
@@ -204,19 +208,8 @@ def copy_project(destination: Path, params_override: dict) -> Path:
 
 
 def project_env(root: Path) -> dict[str, str]:
-    """The environment `make` gives: the venv first on PATH, state inside the copy, no analytics."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "PREFECT_", "DVC_"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        DVC_NO_ANALYTICS="1",
-        GX_ANALYTICS_ENABLED="false",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        DVC_SITE_CACHE_DIR=str(root / ".dvc" / "tmp" / "site_cache"),
-        PREFECT_HOME=str(root / ".prefect"),
-        GIT_AUTHOR_NAME="art2mus tests", GIT_AUTHOR_EMAIL="tests@art2mus.invalid",
-        GIT_COMMITTER_NAME="art2mus tests", GIT_COMMITTER_EMAIL="tests@art2mus.invalid",
-    )
-    return env
+    """The environment `make` gives (art2mus.env.project_environment), with the tests' git author."""
+    return {**project_environment(root), **AUTHOR}
 
 
 def kill_group(process: subprocess.Popen) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from art2mus.env import OFFLINE_DEFAULTS
+from art2mus.env import project_environment
 
 AUTHOR = {"GIT_AUTHOR_NAME": "art2mus", "GIT_AUTHOR_EMAIL": "art2mus@art2mus.invalid",
           "GIT_COMMITTER_NAME": "art2mus", "GIT_COMMITTER_EMAIL": "art2mus@art2mus.invalid"}
@@ -47,10 +46,5 @@ def copy_project(source: Path, destination: Path, params_override: dict) -> Path
 
 
 def project_env(root: Path) -> dict[str, str]:
-    """The environment `make` gives a project: this interpreter's scripts first, tool state inside it."""
-    bin_dir = Path(sys.executable).parent
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "PREFECT_", "DVC_"))}
-    env.update(OFFLINE_DEFAULTS)
-    env.update(AUTHOR, PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
-               DVC_SITE_CACHE_DIR=str(root / ".dvc" / "tmp" / "site_cache"), PREFECT_HOME=str(root / ".prefect"))
-    return env
+    """The environment `make` gives a project (art2mus.env.project_environment), with the rehearsal's author."""
+    return {**project_environment(root), **AUTHOR}

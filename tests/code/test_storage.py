@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,6 +196,19 @@ def test_the_environment_disables_the_cloud_metadata_lookup_unless_the_user_set_
     os.environ["AWS_EC2_METADATA_DISABLED"] = "false"  # an instance-role user turns it back on
     configure_environment(tmp_path)
     assert os.environ["AWS_EC2_METADATA_DISABLED"] == "false"
+
+
+def test_make_exports_the_offline_defaults_spelled_once_and_the_users_setting_wins() -> None:
+    from art2mus.env import OFFLINE_DEFAULTS
+
+    root = Path(__file__).resolve().parents[2]
+    env = {key: value for key, value in os.environ.items() if key not in OFFLINE_DEFAULTS}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "false"  # the user's own choice
+    shown = subprocess.run(["make", "-s", "--no-print-directory", "--eval", "print-env: ; @env", "print-env"],
+                           cwd=root, env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+    expected = {f"{key}={value}" for key, value in OFFLINE_DEFAULTS.items() if key != "MLFLOW_DISABLE_TELEMETRY"}
+    assert expected <= set(shown)
+    assert "MLFLOW_DISABLE_TELEMETRY=false" in shown
 
 
 def test_no_credentials_fail_fast_naming_the_store_without_asking_the_cloud(no_credentials: list[str]) -> None:
