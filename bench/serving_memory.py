@@ -157,7 +157,8 @@ from art2mus.models.aligner import ImageAligner
 from art2mus.models.encoders import build_tiny_image_encoder
 from art2mus.models.pipeline import save_model
 from art2mus.models.tiny import build_tiny_backbone, save_tiny_backbone
-from art2mus.tracking.registry import MODEL_NAME, Lineage, register_model
+from art2mus.tracking.lineage import Lineage
+from art2mus.tracking.registry import MODEL_NAME, register_model
 from mlflow import MlflowClient
 from pathlib import Path
 

@@ -41,10 +41,11 @@ from art2mus.orchestration.dvc_runner import ReproFailed, ReproReport, gate_summ
 from art2mus.orchestration.outcome import RetrainOutcome, conclude, summary_markdown
 from art2mus.orchestration.retries import TransientFailure, is_transient, task_options  # noqa: F401
 from art2mus.quality.report import GateFailed, failed_gates_markdown, read_results, results_headline
+from art2mus.tracking.client import registry_client
 from art2mus.tracking.licences import summary_lines, version_licences
+from art2mus.tracking.lineage import collect_lineage
 from art2mus.tracking.modelcard import CARD_FILE, document_version
-from art2mus.tracking.registry import (MODEL_NAME, RegisteredVersion, champion_version, collect_lineage, get_version,
-                                      register_model, registry_client)
+from art2mus.tracking.registry import MODEL_NAME, RegisteredVersion, champion_version, get_version, register_model
 from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment, git_state, tracking_uri
 from art2mus.tracking.verdict import Verdict, decide_version, decision_key, previous_verdict, promote_version  # noqa: F401
 from art2mus.workspace import MODEL_DIR, RETRAIN_LOCK, TRAIN_RECORD, TrainRecord

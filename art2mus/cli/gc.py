@@ -64,7 +64,7 @@ def gc(
 
     from art2mus.config import load_params
     from art2mus.tracking.gc import collect_garbage
-    from art2mus.tracking.registry import registry_client
+    from art2mus.tracking.client import registry_client
 
     setup_logging()
     root = configure_environment(project_root())

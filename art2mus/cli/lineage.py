@@ -124,8 +124,8 @@ def lineage(
 
     Exit code 0: all inputs present / some version used the data; 1: an input is in neither store / no
     version used it; 2: an error."""
-    from art2mus.tracking.lineage import trace, unavailable, versions_using
-    from art2mus.tracking.registry import registry_client
+    from art2mus.tracking.audit import trace, unavailable, versions_using
+    from art2mus.tracking.client import registry_client
 
     setup_logging(quiet=True)
     if (model is None) == (data is None):

@@ -74,7 +74,8 @@ def promote(
     """Make VERSION the champion (after loading it and generating once); the licence policy
     (params.yaml `promotion.intended_use`) is checked first and --force does not override it."""
     from art2mus.tracking.licences import check_licences, version_licences
-    from art2mus.tracking.registry import MODEL_NAME, get_version, registry_client
+    from art2mus.tracking.client import registry_client
+    from art2mus.tracking.registry import MODEL_NAME, get_version
     from art2mus.tracking.registry import promote as promote_version
 
     setup_logging(quiet)

@@ -73,7 +73,8 @@ def flow_errors() -> tuple[type[BaseException], ...]:
 def print_champion(root: Path) -> None:
     """The evaluation report, the champion and how to generate with it."""
     from art2mus.config import load_params
-    from art2mus.tracking.registry import MODEL_NAME, champion_version, registry_client
+    from art2mus.tracking.client import registry_client
+    from art2mus.tracking.registry import MODEL_NAME, champion_version
 
     report = root / load_params(root / "params.yaml").evaluate.out_dir / "report" / "index.html"
     if report.is_file():

@@ -19,16 +19,20 @@
   concurrency limit `art2mus-registry` when a Prefect server is configured), held for seconds; the
   smoke test runs before it. Not the retrain lock: a retrain holds that for its whole run and promotes
   inside it. So two `promote 2` at once record one move, and the second finds 2 already champion.
+
+What a version was made from is art2mus.tracking.lineage (below this module); tracing a version back to
+its inputs, finding the versions a file went into and restoring inputs is art2mus.tracking.audit (above).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -36,12 +40,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from art2mus.config import ServingParams
+from art2mus.env import project_root
 from art2mus.errors import Art2MusError
 from art2mus.io import read_json
 from art2mus.locks import concurrency_slot, file_lock
-from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment, git_state, relocate_if_moved, tracking_uri
+from art2mus.tracking.client import registry_client
+from art2mus.tracking.lineage import Lineage, complete_train_run, library_versions
+from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment
 from art2mus.workspace import (DECISION_CHAMPION_TAG, DECISION_KEY_TAG, DECISION_PREFIX, DECISION_REASONS_TAG,
                                IDENTITY_TAG, MODEL_FILE, PROMOTED_AT_TAG, REGISTRY_LOCK, ROLLED_BACK_AT_TAG,
                                VALIDATION_TAG, TrainRecord, VersionTags)
@@ -61,7 +67,6 @@ LOGGED_MODEL_NAME = "art2mus"
 # commit in the version's `git.commit` tag.
 RUNTIME_PACKAGES = ("mlflow", "torch", "torchaudio", "diffusers", "transformers", "safetensors", "numpy",
                     "pandas", "pillow", "soundfile", "pydantic", "pyyaml")
-CODE_DIRS = ("art2mus/", "stages/")
 REGISTRY_LIMIT = "art2mus-registry"  # the Prefect concurrency limit a move of the champion takes (with a server)
 REGISTRY_WAIT_SECONDS = 60.0  # how long a promotion or rollback waits for another one (each holds it for seconds)
 ANY_CHAMPION = object()  # promote(expected_champion=...): move whichever version is champion now
@@ -73,29 +78,6 @@ class RegistryBusy(Art2MusError):
 
 class ChampionChanged(Art2MusError):
     """The champion is no longer the one a decision compared the candidate against."""
-
-
-@dataclass(frozen=True)
-class Lineage:
-    """Where a model came from: code, data and params."""
-
-    git_commit: str = ""
-    git_dirty: bool = False
-    code_diff_sha256: str = ""  # of `git diff HEAD` over the code (CODE_DIRS) when it differs from the commit
-    data: dict[str, str] = field(default_factory=dict)  # dvc.lock path -> md5
-    params: dict[str, Any] = field(default_factory=dict)
-    training_data: dict[str, str] = field(default_factory=dict)  # the train stage's data deps -> md5
-    inputs: dict[str, str] = field(default_factory=dict)  # training_data and everything upstream of it -> md5
-    gates: dict[str, dict[str, Any]] = field(default_factory=dict)  # GX gate -> verdict, counts, report md5
-    libraries: dict[str, str] = field(default_factory=dict)  # package -> installed version
-
-    @property
-    def code_version(self) -> str:
-        """The commit, qualified by the diff's hash when the code differs from it (params and data
-        edits are not code: they reach the identity through the weights and the data hashes)."""
-        if not self.git_commit:
-            return "unknown"
-        return f"{self.git_commit}+dirty.{self.code_diff_sha256[:16]}" if self.code_diff_sha256 else self.git_commit
 
 
 @dataclass(frozen=True)
@@ -116,74 +98,6 @@ class PromotionEvent:
     by: str
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def registry_client(root: Path | None = None):
-    """An MlflowClient on the project's tracking store (`MLFLOW_TRACKING_URI` wins); the project's own
-    store, copied or moved from another project, is relocated first (so `gc` in a copy never deletes,
-    nor a run writes, the original's artifacts)."""
-    from mlflow import MlflowClient
-
-    from art2mus.env import project_root
-
-    uri = tracking_uri(root)
-    relocate_if_moved(root or project_root(), uri)
-    return MlflowClient(tracking_uri=uri)
-
-
-def read_lock(lock_file: Path) -> dict[str, Any]:
-    """The stages of dvc.lock (empty when there is none)."""
-    if not lock_file.is_file():
-        return {}
-    try:
-        lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise Art2MusError(f"{lock_file}: not valid YAML: {error}") from None
-    return lock.get("stages") or {}
-
-
-def is_code(path: str) -> bool:
-    return path.endswith(".py") or path.startswith(CODE_DIRS)
-
-
-def data_hashes(lock_file: Path) -> dict[str, str]:
-    """md5 of every data dependency and output in dvc.lock (code and models/ left out)."""
-    hashes: dict[str, str] = {}
-    for stage in read_lock(lock_file).values():
-        for entry in [*(stage.get("deps") or []), *(stage.get("outs") or [])]:  # outs last: authoritative
-            path, md5 = entry.get("path", ""), entry.get("md5")
-            if md5 and not is_code(path) and not path.startswith("models/"):
-                hashes[path] = md5
-    return dict(sorted(hashes.items()))
-
-
-def training_data_hashes(lock_file: Path, stage: str = "train") -> dict[str, str]:
-    """md5 of every non-code input `stage` recorded in dvc.lock: exactly the data the model was trained on."""
-    deps = read_lock(lock_file).get(stage, {}).get("deps") or []
-    return dict(sorted((entry["path"], entry["md5"]) for entry in deps
-                       if entry.get("md5") and not is_code(entry.get("path", ""))))
-
-
-def collect_lineage(root: Path, params_file: str = "params.yaml") -> Lineage:
-    """The project's lineage now: git state, dvc.lock data hashes, the validated params."""
-    from art2mus.config import load_params
-    from art2mus.tracking.lineage import gate_results, library_versions, training_inputs
-
-    state = git_state(root)
-    dirty = state.get("git.dirty") == "true"
-    diff = ""
-    if dirty:
-        output = subprocess.run(["git", "diff", "HEAD", "--binary", "--", *CODE_DIRS], cwd=root, capture_output=True,
-                                check=False).stdout
-        diff = hashlib.sha256(output).hexdigest() if output else ""
-    data = data_hashes(root / "dvc.lock")
-    if not data:
-        logger.warning("registry: %s has no data hashes; the model's identity rests on weights and code",
-                       root / "dvc.lock")
-    params = load_params(root / params_file).model_dump(mode="json")
-    return Lineage(git_commit=state.get("git.commit", ""), git_dirty=dirty, code_diff_sha256=diff, data=data,
-                   params=params, training_data=training_data_hashes(root / "dvc.lock"),
-                   inputs=training_inputs(root / "dvc.lock"), gates=gate_results(root), libraries=library_versions())
 
 
 def read_model_info(model_dir: Path) -> dict[str, Any]:
@@ -222,15 +136,7 @@ def ensure_registered_model(client) -> None:
 
 def runtime_requirements() -> list[str]:
     """The runtime packages pinned to what is installed (missing ones left out)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for package in RUNTIME_PACKAGES:
-        try:
-            pins.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            continue
-    return pins
+    return [f"{package}=={installed}" for package, installed in library_versions(RUNTIME_PACKAGES).items()]
 
 
 def version_tags(identity: str, record: TrainRecord, info: Mapping[str, Any], lineage: Lineage) -> dict[str, str]:
@@ -248,8 +154,6 @@ def version_tags(identity: str, record: TrainRecord, info: Mapping[str, Any], li
 def serving_limits(lineage: Lineage) -> dict[str, Any]:
     """The served model's limits (`serving:` of the params the lineage recorded; defaults when none): they
     travel in the model_config, since a server has no params.yaml."""
-    from art2mus.config import ServingParams
-
     return ServingParams.model_validate(lineage.params.get("serving") or {}).model_dump()
 
 
@@ -258,7 +162,7 @@ def log_pyfunc(model_dir: Path, identity: str, record: TrainRecord, lineage: Lin
     """Log the pyfunc in a `register` run; returns (model uri, logged model id, run id)."""
     import mlflow
 
-    from art2mus.serving.pyfunc import MODEL_ARTIFACT, input_example, model_signature
+    from art2mus.serving.pyfunc import MODEL_ARTIFACT, input_example, model_signature  # mlflow's pyfunc: heavy
 
     mlflow.set_tracking_uri(uri)
     experiment_id = ensure_experiment(experiment, uri, root)
@@ -283,8 +187,6 @@ def register_model(model_dir: str | Path, record: TrainRecord | Mapping[str, Any
 
     `record` is the train stage's models/train_record.json (weights hash, prior, run id).
     """
-    from art2mus.env import project_root
-
     model_dir = Path(model_dir)
     root = root or project_root()
     info = read_model_info(model_dir)
@@ -317,8 +219,6 @@ def complete_lineage(client, version: str, record: TrainRecord, info: Mapping[st
                      identity: str, root: Path) -> None:
     """Finish the train run's lineage now that dvc.lock is final, and give an older version the lineage
     tags it lacks (idempotent: a second call changes nothing)."""
-    from art2mus.tracking.lineage import add_missing_version_tags, complete_train_run
-
     if (root / "params.yaml").is_file():
         complete_train_run(client, record.mlflow_run_id, root, lineage, record)
     add_missing_version_tags(client, version, version_tags(identity, record, info, lineage))
@@ -353,6 +253,15 @@ def get_version(version: str, client):
         return client.get_model_version(MODEL_NAME, str(version))
     except MlflowException:
         raise Art2MusError(f"registry: {MODEL_NAME} has no version {version}") from None
+
+
+def add_missing_version_tags(client, version: str, tags: Mapping[str, str]) -> list[str]:
+    """Set the tags a version lacks (an older registration); never overwrite what it recorded."""
+    existing = get_version(version, client).tags
+    added = [key for key in tags if key not in existing]
+    for key in added:
+        client.set_model_version_tag(MODEL_NAME, str(version), key, tags[key])
+    return added
 
 
 def set_challenger(version: str, client=None) -> None:
@@ -391,15 +300,12 @@ def record_validation(version: str, status: str, numbers: Mapping[str, float] | 
 
 def smoke_test(version: str, client=None) -> None:
     """Load the version's pyfunc as a server would and generate once; Art2MusError if anything fails."""
-    import base64
-    import io
-
     import mlflow
     import numpy as np
     import pandas as pd
     import soundfile as sf
 
-    from art2mus.serving.pyfunc import example_image_base64
+    from art2mus.serving.pyfunc import example_image_base64  # mlflow's pyfunc: heavy
 
     client = client or registry_client()
     mlflow.set_tracking_uri(client.tracking_uri)
@@ -422,8 +328,6 @@ def registry_lock(root: Path | None = None, wait_seconds: float = REGISTRY_WAIT_
     other checkouts sharing the tracking server take turns too), then the project's REGISTRY_LOCK file.
 
     Held only around read-check-move of the champion alias and the history write (seconds)."""
-    from art2mus.env import project_root
-
     path = (root or project_root()) / REGISTRY_LOCK
     with concurrency_slot(REGISTRY_LIMIT, wait_seconds, RegistryBusy(
             f"registry: the Prefect concurrency limit {REGISTRY_LIMIT!r} stayed full for {wait_seconds:.0f} s "

@@ -120,7 +120,7 @@ def test_a_copied_project_writes_its_artifacts_into_itself_and_reads_the_copied_
 
 def test_the_registry_of_a_copied_project_reads_and_deletes_only_its_own_artifacts(tmp_path: Path, monkeypatch) -> None:
     """`art2mus gc`, `promote`, `history` open the store through registry_client: no run needs to come first."""
-    from art2mus.tracking.registry import registry_client
+    from art2mus.tracking.client import registry_client
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     original, copy = tmp_path / "A", tmp_path / "B"

@@ -17,27 +17,27 @@ from typer.testing import CliRunner
 
 from art2mus.cli.main import app
 from art2mus.errors import Art2MusError
+from art2mus.tracking.audit import (
+    check_inputs,
+    parse_model_uri,
+    restore_inputs,
+    unavailable,
+    versions_using,
+)
+from art2mus.tracking.dvclock import input_closure, training_inputs, upstream_inputs
 from art2mus.tracking.lineage import (
     COMPLETE_TAG,
-    INPUTS_TAG,
     LINEAGE_ARTIFACTS,
-    check_inputs,
-    input_closure,
-    parse_model_uri,
+    collect_lineage,
     record_training_lineage,
-    restore_inputs,
-    training_inputs,
-    unavailable,
-    upstream_inputs,
-    versions_using,
 )
 from art2mus.tracking.registry import (
     CHAMPION,
     MODEL_NAME,
-    collect_lineage,
     register_model,
 )
 from art2mus.tracking.runs import StageRun
+from art2mus.workspace import INPUTS_TAG
 from tests.conftest import BIN, ROOT, project_env
 from tests.tiny_model import build_tiny_model
 

@@ -18,15 +18,14 @@ from art2mus.cli.registry import current_user
 from art2mus.config import Params
 from art2mus.errors import Art2MusError
 from art2mus.generation import resolve_model_dir
+from art2mus.tracking.dvclock import data_hashes
+from art2mus.tracking.lineage import Lineage, collect_lineage
 from art2mus.tracking.registry import (
     CHALLENGER,
     CHAMPION,
     MODEL_NAME,
-    Lineage,
     aliases,
     champion_version,
-    collect_lineage,
-    data_hashes,
     history,
     promote,
     record_validation,

@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from art2mus.tracking.audit import restore_inputs
 from art2mus.tracking.lineage import (
     COMPLETE_TAG,
     INPUTS_TAG,
     LINEAGE_ARTIFACTS,
-    restore_inputs,
+    collect_lineage,
 )
 from art2mus.tracking.registry import (
     CHAMPION,
     MODEL_NAME,
-    collect_lineage,
     register_model,
 )
 from tests.conftest import BIN, project_env, run
