@@ -14,8 +14,8 @@ from art2mus.data.schema import (
     SPLIT_NAMES,
     TRACK_COLUMNS,
 )
-from art2mus.quality.report import GateReport
-from art2mus.quality.validation import TableCheck, build_gate_report, expectations_module
+from art2mus.quality.report import GateReport, TableCheck
+from art2mus.quality.validation import build_gate_report, expectations_module
 
 SHA256_REGEX = r"^[0-9a-f]{64}$"
 QUARANTINE_SOURCES = ("artgraph", "fma")

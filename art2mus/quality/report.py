@@ -1,24 +1,35 @@
-"""Gate reports: the full GX results as JSON plus a short summary a person can act on."""
+"""Gate reports: the tables a gate checks, the full GX results as JSON and a short summary a person can act on."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import pandas as pd
 
 from art2mus.data.schema import REPORTS_DIR
 from art2mus.errors import Art2MusError
 from art2mus.io import read_json, write_json_atomic
-
-if TYPE_CHECKING:
-    from art2mus.quality.validation import TableCheck
 
 logger = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 5  # offending values shown per failed expectation (the JSON keeps more)
 MAX_SET_SHOWN = 8  # longer value sets are shown by their size only
 MAX_LABEL_WIDTH = 40
+
+
+@dataclass
+class TableCheck:
+    """A table, the expectations it must meet, and how to point at its offending rows."""
+
+    name: str  # e.g. "artworks" or "splits.artist_splits"; labels the suite and the summary
+    frame: pd.DataFrame
+    expectations: list[Any]  # great_expectations.expectations.Expectation instances
+    key: str | None = None  # column that identifies a row in the examples (artwork_id, artist, ...)
+    describe: Callable[[pd.Series], str] | None = None  # one sentence for an offending row
 
 
 @dataclass

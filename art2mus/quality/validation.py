@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-import pandas as pd
-
-from art2mus.quality.report import GateReport, summarize
+from art2mus.quality.report import GateReport, TableCheck, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -20,17 +16,6 @@ logger = logging.getLogger(__name__)
 # (about 3 s per 100k failing rows per expectation) before keeping the first few; the summary
 # looks the keys up itself from the row positions instead.
 RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
-
-
-@dataclass
-class TableCheck:
-    """A table, the expectations it must meet, and how to point at its offending rows."""
-
-    name: str  # e.g. "artworks" or "splits.artist_splits"; labels the suite and the summary
-    frame: pd.DataFrame
-    expectations: list[Any]  # great_expectations.expectations.Expectation instances
-    key: str | None = None  # column that identifies a row in the examples (artwork_id, artist, ...)
-    describe: Callable[[pd.Series], str] | None = None  # one sentence for an offending row
 
 
 def import_great_expectations() -> tuple[ModuleType, ModuleType]:
