@@ -19,47 +19,33 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import traceback
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import yaml
 
-from art2mus.env import project_environment
 from art2mus.processes import stop_process_group
-
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = ROOT / "tests"
-BIN = Path(sys.executable).parent
+from tests.helpers import (BIN, OUTPUT_TAIL, SERVER_TIMEOUT, TESTS, answers, copy_project, free_port, kill_group,
+                           project_env)
 
 # The end-to-end run is the embedded default itself (the learning run the model tests assert on);
 # overrides here would only shrink it.
 E2E_PARAMS: dict = {}
-SERVER_TIMEOUT = 180  # seconds a test server may take to answer
 # Seconds the pipeline fixture's `dvc repro` may run: ~10-12 min alone on a quiet 2-core machine, ~30-35 min
 # beside the other worker's full-size rehearsal (the tiny prior then gets one core); this catches a hang,
 # not that. The variable overrides it (a slower machine).
 PIPELINE_TIMEOUT = int(os.environ.get("ART2MUS_TEST_PIPELINE_TIMEOUT", "4800"))
-COMMAND_TIMEOUT = 1800  # seconds any other `run` command may take (as a test call: pyproject's `timeout`)
-OUTPUT_TAIL = 3000  # characters of a failed command's output shown
 
 # The session fixtures that are costly to set up. SHARED_GROUP holds the quick readers of the pipeline and
 # runs first; the other modules that use these fixtures run last (LATE_RANK).
 SHARED_FIXTURES = ("pipeline_repo", "prefect_api")
 SHARED_GROUP = "pipeline"
 LATE_RANK = 3
-# The git identity of the project copies' commits.
-AUTHOR = {"GIT_AUTHOR_NAME": "art2mus tests", "GIT_AUTHOR_EMAIL": "tests@art2mus.invalid",
-          "GIT_COMMITTER_NAME": "art2mus tests", "GIT_COMMITTER_EMAIL": "tests@art2mus.invalid"}
 # One thread per worker: two workers share the 2-core CI machine. The stage subprocesses a worker starts
 # inherit OMP_NUM_THREADS=1, which their `threads: auto` params follow.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -176,75 +162,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     return report
 
 
-def project_files() -> list[str]:
-    """Tracked and not-ignored files of the working tree (what a clone plus local edits holds)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")
-    return [name for name in listed if name and (ROOT / name).is_file()]
-
-
-def merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return merged
-
-
-def copy_project(destination: Path, params_override: dict) -> Path:
-    """Copy the project into `destination` as a fresh git repo with its own author identity."""
-    for name in project_files():
-        target = destination / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, target)
-    params = yaml.safe_load((destination / "params.yaml").read_text())
-    (destination / "params.yaml").write_text(yaml.safe_dump(merge(params, params_override), sort_keys=False))
-    git = ["git", "-c", f"user.name={AUTHOR['GIT_AUTHOR_NAME']}", "-c", f"user.email={AUTHOR['GIT_AUTHOR_EMAIL']}"]
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=destination, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "test copy"], cwd=destination, check=True)
-    return destination
-
-
-def project_env(root: Path) -> dict[str, str]:
-    """The environment `make` gives (art2mus.env.project_environment), with the tests' git author."""
-    return {**project_environment(root), **AUTHOR}
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL a process started with start_new_session=True and everything it started (DVC's stages)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def run(command: list[str], root: Path, check: bool = True,
-        timeout: float | None = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
-    """`command` in `root` with the project's environment; on a timeout or an interrupted test (a
-    pytest-timeout) its whole process group is killed, so no stage keeps running behind the test."""
-    with subprocess.Popen(command, cwd=root, env=project_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, start_new_session=True) as process:
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_group(process)
-            try:
-                stdout, stderr = process.communicate(timeout=60)
-            except subprocess.TimeoutExpired:  # a process outside the group still holds the pipes
-                stdout, stderr = "", ""
-            raise AssertionError(f"{' '.join(command)} did not finish within {timeout} s and was killed:\n"
-                                 f"{stdout[-OUTPUT_TAIL:]}\n{stderr[-OUTPUT_TAIL:]}") from None
-        except BaseException:
-            kill_group(process)
-            raise
-    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
 def repro(root: Path, log: Path, timeout: float) -> None:
     """`dvc repro` in `root`, its output in `log`; a failure or timeout names the log and shows its end."""
     started = time.monotonic()
@@ -308,20 +225,6 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root = tmp_path_factory.mktemp("project")
         shutil.copytree(built, root, symlinks=True, dirs_exist_ok=True)
     return root
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ from art2mus.tracking.registry import (
 )
 from art2mus.tracking.runs import StageRun
 from art2mus.workspace import INPUTS_TAG
-from tests.conftest import BIN, ROOT, project_env
+from tests.helpers import BIN, ROOT, project_env
 from tests.tiny_model import build_tiny_model
 
 # sample -> ingest -> validate_raw (a gate) -> split -> train, prior beside it, evaluate downstream.

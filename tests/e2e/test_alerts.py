@@ -32,7 +32,7 @@ from prefect.states import Failed
 from art2mus.alerts import compose_alert, failing_step, send_alert
 from art2mus.config import AlertsParams
 from art2mus.errors import Art2MusError
-from tests.conftest import BIN, copy_project, project_env
+from tests.helpers import BIN, copy_project, project_env
 
 slow = pytest.mark.slow
 RUN_TIMEOUT = 600

@@ -15,7 +15,7 @@ import yaml
 from mlflow import MlflowClient
 
 from art2mus.tracking.registry import MODEL_NAME
-from tests.conftest import BIN, merge, project_env
+from tests.helpers import BIN, merge, project_env
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import BIN, ROOT, run
+from tests.helpers import BIN, ROOT, run
 
 pytestmark = pytest.mark.slow
 STAGE_TIMEOUT = 600  # seconds one stage may take to fail (they fail while reading, in seconds)

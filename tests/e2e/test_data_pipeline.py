@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import BIN, run
+from tests.helpers import BIN, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # SHARED_GROUP: first, to start the build
 

@@ -11,7 +11,7 @@ import yaml
 from art2mus.config import load_params
 from art2mus.evaluation.evaluate import GENERATED_DIR, METRICS_FILE, PER_ITEM_FILE, decision_scores, load_split
 from art2mus.models.pipeline import Art2MusPipeline
-from tests.conftest import BIN, run
+from tests.helpers import BIN, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # SHARED_GROUP: first, to start the build
 SMALL = {"max_items": 12, "draws": 2, "untrained_seeds": [1], "steps": 4, "fad_resamples": 10, "report_items": 2,

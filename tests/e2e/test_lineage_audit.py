@@ -28,7 +28,7 @@ from art2mus.tracking.registry import (
     MODEL_NAME,
     register_model,
 )
-from tests.conftest import BIN, project_env, run
+from tests.helpers import BIN, project_env, run
 
 pytestmark = pytest.mark.slow
 TRAIN_TIMEOUT = 1200  # seconds: the one retraining of this module

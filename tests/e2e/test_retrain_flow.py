@@ -49,7 +49,7 @@ from flows.retrain import (
     previous_verdict,
     sync_data,
 )
-from tests.conftest import BIN, SERVER_TIMEOUT, free_port, merge, project_env
+from tests.helpers import BIN, SERVER_TIMEOUT, free_port, merge, project_env
 
 slow = pytest.mark.slow
 # An aligner that barely trained. Its evaluation keeps how the decision's per-item correspondence scores are

@@ -25,7 +25,7 @@ from art2mus.serving.pyfunc import example_image_base64
 from art2mus.tracking.lineage import Lineage
 from art2mus.tracking.registry import MODEL_NAME, promote, register_model
 from bench.serving_memory import benign_request, hostile_requests, huge_images_request, tree_rss_mb
-from tests.conftest import BIN, free_port, project_env
+from tests.helpers import BIN, free_port, project_env
 from tests.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.slow

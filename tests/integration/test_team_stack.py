@@ -49,7 +49,7 @@ from infra.local.stack import (
     start_s3,
     up,
 )
-from tests.conftest import BIN, project_env
+from tests.helpers import BIN, project_env
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pytest
 from art2mus.config import AudioParams, BackboneParams, TrainParams
 from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training.aligner import CHECKPOINTS_DIR, STATE_FILE, AlignerData, train_aligner, weights_sha256
-from tests.conftest import BIN, copy_project, project_env
+from tests.helpers import BIN, copy_project, project_env
 from tests.tiny_model import TINY_PROJECT
 
 WEIGHTS_FILE = Path("aligner/diffusion_pytorch_model.safetensors")

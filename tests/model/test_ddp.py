@@ -17,7 +17,7 @@ import pytest
 
 from art2mus.config import TrainParams
 from art2mus.training import launch
-from tests.conftest import BIN, copy_project, project_env
+from tests.helpers import BIN, copy_project, project_env
 from tests.tiny_model import TINY_PROJECT as TINY
 
 # The tiny project with a 2-process training run.

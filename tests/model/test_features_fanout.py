@@ -26,8 +26,8 @@ from art2mus.features.embeddings import (
 from art2mus.io import read_table
 from art2mus.models.encoders import EncoderRef
 from flows.features import features_fanout, pending_contents, split_into_shards
-from tests.conftest import ROOT, project_env
 from tests.corpus import make_raw_dataset
+from tests.helpers import ROOT, project_env
 
 N_ITEMS = 10
 PARAMS = {

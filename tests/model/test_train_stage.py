@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import project_env
+from tests.helpers import project_env
 
 pytestmark = pytest.mark.slow
 
