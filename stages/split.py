@@ -1,19 +1,15 @@
-"""Stage `split`: artist-grouped, style-stratified train/val/test splits."""
+"""Stage `split`: artist-grouped, style-stratified train/val/test splits.
 
-from art2mus.config import load_params
-from art2mus.data.schema import PAIRS_TABLE, SPLITS_TABLE
-from art2mus.data.splits import make_splits
-from art2mus.io import read_table, write_table_atomic
+DVC runs `python -m stages.split`; the stage's body is art2mus.stages.split.run (the library)."""
+
+from art2mus.config import PARAMS_FILE
 from art2mus.stage import run_stage
+from art2mus.stages.split import run
 from art2mus.tracking import stage_run
 
 
 def main() -> None:
-    params = load_params()
-    with stage_run("split", params.split, params.tracking.experiment) as run:
-        splits = make_splits(read_table(PAIRS_TABLE), params.split)
-        write_table_atomic(splits, SPLITS_TABLE)
-        run.log_metrics({f"pairs_{name}": count for name, count in splits["split"].value_counts().items()})
+    run(PARAMS_FILE, stage_run)
 
 
 if __name__ == "__main__":

@@ -29,16 +29,6 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and er
 Params = Annotated[Path, typer.Option("--params", help="The params file.")]
 
 
-def import_stage(name: str):
-    """A stage module of the project in the working directory (stages/ is not installed)."""
-    import importlib
-
-    root = str(project_root())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    return importlib.import_module(f"stages.{name}")
-
-
 def fail(command: str, error: Exception) -> None:
     typer.echo(f"art2mus: {command}: {error}", err=True)
     raise typer.Exit(1)
@@ -201,10 +191,13 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the last compatible checkpoint.")] = True,
 ) -> None:
     """Train the aligner (the `train` stage) from the cached features and latents."""
+    from art2mus.stages.train import run as run_train
+    from art2mus.tracking import stage_run
+
     setup_logging()
     configure_environment()
     try:
-        import_stage("train").main(resume=resume)
+        run_train("params.yaml", stage_run, resume=resume)
     except Art2MusError as error:
         fail("train", error)
 
