@@ -19,11 +19,12 @@ from art2mus.config import Params
 from art2mus.errors import Art2MusError
 from art2mus.generation import resolve_model_dir
 from art2mus.tracking.dvclock import data_hashes
-from art2mus.tracking.lineage import Lineage, collect_lineage
+from art2mus.tracking.lineage import Lineage, collect_lineage, library_versions
 from art2mus.tracking.registry import (
     CHALLENGER,
     CHAMPION,
     MODEL_NAME,
+    RUNTIME_PACKAGES,
     aliases,
     champion_version,
     history,
@@ -31,6 +32,7 @@ from art2mus.tracking.registry import (
     record_validation,
     register_model,
     rollback,
+    runtime_requirements,
     set_challenger,
 )
 from tests.tiny_model import build_tiny_model
@@ -225,6 +227,13 @@ def test_data_hashes_come_from_dvc_lock_without_code_or_models(tmp_path: Path) -
     (tmp_path / "dvc.lock").write_text(json.dumps(lock))  # JSON is YAML
     assert data_hashes(tmp_path / "dvc.lock") == {"data/interim/pairs.parquet": "p", "data/processed/splits.parquet": "s"}
     assert data_hashes(tmp_path / "missing.lock") == {}
+
+
+def test_the_logged_model_pins_the_library_versions_lineage_records() -> None:
+    pins = runtime_requirements()
+    recorded = library_versions()
+    assert pins and f"torch=={recorded['torch']}" in pins and f"mlflow=={recorded['mlflow']}" in pins
+    assert pins == [f"{package}=={installed}" for package, installed in library_versions(RUNTIME_PACKAGES).items()]
 
 
 def test_lineage_qualifies_a_dirty_work_tree(tmp_path: Path) -> None:
