@@ -162,7 +162,7 @@ def log_pyfunc(model_dir: Path, identity: str, record: TrainRecord, lineage: Lin
     """Log the pyfunc in a `register` run; returns (model uri, logged model id, run id)."""
     import mlflow
 
-    from art2mus.serving.pyfunc import MODEL_ARTIFACT, input_example, model_signature  # mlflow's pyfunc: heavy
+    from art2mus.serving.pyfunc import MODEL_ARTIFACT, input_example, model_signature  # mlflow.pyfunc: when logging
 
     mlflow.set_tracking_uri(uri)
     experiment_id = ensure_experiment(experiment, uri, root)
@@ -305,7 +305,7 @@ def smoke_test(version: str, client=None) -> None:
     import pandas as pd
     import soundfile as sf
 
-    from art2mus.serving.pyfunc import example_image_base64  # mlflow's pyfunc: heavy
+    from art2mus.serving.pyfunc import example_image_base64  # mlflow.pyfunc: when smoke testing
 
     client = client or registry_client()
     mlflow.set_tracking_uri(client.tracking_uri)
