@@ -136,22 +136,24 @@ def generate(
     images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, ...).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the WAV files.")],
     model: Annotated[str, typer.Option(help="A packaged model folder or an MLflow URI.")] = str(MODEL_DIR),
-    scheduler: Annotated[str, typer.Option(help="dpmsolver++ or ddim.")] = "dpmsolver++",
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 25,
-    guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = 3.5,
+    scheduler: Annotated[Optional[str], typer.Option(help="dpmsolver++ or ddim.")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps.")] = None,
+    guidance: Annotated[Optional[float], typer.Option(min=0.0, help="Classifier-free guidance scale.")] = None,
     seconds: Annotated[Optional[float], typer.Option(min=0.1, help="Length (default: the prior's crop).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 4,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the initial noise.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per batch.")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """One WAV per image (16 kHz); bad images are reported and the others still generate."""
+    """One WAV per image (16 kHz); bad images are reported and the others still generate; options left out take
+    GenerationConfig's defaults."""
     from art2mus.generation import generate_files, shown_path
     from art2mus.models.pipeline import GenerationConfig
 
     setup_logging(quiet)
     configure_environment()
-    config = GenerationConfig(scheduler=scheduler, steps=steps, guidance_scale=guidance, seconds=seconds,
-                              seed=seed, batch_size=batch_size)
+    chosen = {"scheduler": scheduler, "steps": steps, "guidance_scale": guidance, "seconds": seconds, "seed": seed,
+              "batch_size": batch_size}
+    config = GenerationConfig(**{name: value for name, value in chosen.items() if value is not None})
     try:
         report = generate_files(images, out, model, config)
     except Art2MusError as error:
@@ -189,6 +191,7 @@ def evaluate(
 @app.command()
 def train(
     resume: Annotated[bool, typer.Option(help="Continue the last compatible checkpoint.")] = True,
+    params_file: Params = Path("params.yaml"),
 ) -> None:
     """Train the aligner (the `train` stage) from the cached features and latents."""
     from art2mus.stages.train import run as run_train
@@ -197,7 +200,7 @@ def train(
     setup_logging()
     configure_environment()
     try:
-        run_train("params.yaml", stage_run, resume=resume)
+        run_train(params_file, stage_run, resume=resume)
     except Art2MusError as error:
         fail("train", error)
 

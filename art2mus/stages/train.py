@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -41,6 +42,9 @@ from art2mus.training.launch import die_with_launcher, launched_child, relaunch_
 from art2mus.workspace import MODEL_DIR, TRAIN_RECORD, TrainRecord
 
 LOSS_PLOT = Path("models/plots/train_loss.csv")
+# The launcher's params file and resume choice, for its workers (their command line is `-m stages.train`).
+PARAMS_FILE_ENV = "ART2MUS_TRAIN_PARAMS"
+RESUME_ENV = "ART2MUS_TRAIN_RESUME"
 
 
 def gather_pairs(pairs: pd.DataFrame, image_ids: list[str], image_matrix: torch.Tensor,
@@ -79,12 +83,19 @@ def remove_interrupted_writes(path: Path) -> None:
 
 def run(params_file: str | Path, open_run: OpenRun, resume: bool = True) -> None:
     """Train the aligner and package the model; with train.processes > 1, relaunch under torchrun and wait."""
-    params = load_params(params_file)
-    config = params.train
     if launched_child():
         die_with_launcher()
-    elif (processes := requested_processes(config)) > 1:
-        code = relaunch_under_torchrun(processes)
+        params_file = os.environ.get(PARAMS_FILE_ENV, params_file)
+        resume = os.environ.get(RESUME_ENV, "1") == "1"
+    params = load_params(params_file)
+    config = params.train
+    if not launched_child() and (processes := requested_processes(config)) > 1:
+        os.environ.update({PARAMS_FILE_ENV: str(Path(params_file).resolve()), RESUME_ENV: "1" if resume else "0"})
+        try:
+            code = relaunch_under_torchrun(processes)
+        finally:
+            for name in (PARAMS_FILE_ENV, RESUME_ENV):
+                os.environ.pop(name, None)
         if code:
             sys.exit(code)
         return
