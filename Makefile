@@ -77,6 +77,7 @@ TEST_WORKERS ?= 2
 TEST_XDIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test: setup browser postgres
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(TEST_XDIST)
 
 # The edit-test loop: everything not marked slow (no pipeline, servers or training runs).
