@@ -15,7 +15,7 @@ from art2mus.data.sources import printable_name
 from art2mus.errors import Art2MusError
 from art2mus.io import atomic_path
 from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig
-from art2mus.workspace import MODEL_FILE
+from art2mus.workspace import MODEL_FILE, tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,6 @@ def resolve_model_dir(model: str) -> Path:
         endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL")  # where MLflow's S3 artifact store looks
         require_credentials(S3Settings.from_env(endpoint), model)
     import mlflow
-
-    from art2mus.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:

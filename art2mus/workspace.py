@@ -8,11 +8,13 @@ Every path and tag name here is spelled once; readers and writers go through the
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from art2mus.env import project_root
 from art2mus.io import read_json, write_json_atomic
 
 MODEL_DIR = Path("models/art2mus")  # the train stage's packaged model: aligner + prior + encoder spec
@@ -20,6 +22,17 @@ TRAIN_RECORD = Path("models/train_record.json")  # the train stage's run id and 
 MODEL_FILE = "model.json"  # the packaged model's metadata, inside MODEL_DIR
 RETRAIN_LOCK = ".dvc/tmp/art2mus-retrain.lock"  # held by a retrain (and by gc); .dvc/tmp is DVC's ignored scratch
 REGISTRY_LOCK = ".dvc/tmp/art2mus-registry.lock"  # held for seconds around each move of the champion alias
+DEFAULT_DB = "mlflow.db"  # the project's own MLflow store, unless MLFLOW_TRACKING_URI names another
+DEFAULT_ARTIFACTS = "mlartifacts"  # where the project's own store keeps its artifacts
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """`MLFLOW_TRACKING_URI` when set, else a SQLite file in the project."""
+    explicit = os.environ.get("MLFLOW_TRACKING_URI")
+    if explicit:
+        return explicit
+    root = root or project_root()
+    return f"sqlite:///{(root / DEFAULT_DB).as_posix()}"
 
 
 def json_tag(tags: Mapping[str, str], key: str, default: Any = None) -> Any:
@@ -36,7 +49,7 @@ class TrainRecord:
     """models/train_record.json: what the train stage made (so a flow knows its model when DVC skips train)."""
 
     mlflow_run_id: str = ""
-    weights_sha256: str = ""  # of the aligner's state dict (art2mus.training.aligner.weights_sha256)
+    weights_sha256: str = ""  # of the aligner's state dict (art2mus.models.aligner.weights_sha256)
     prior: str = ""  # the prior's identity
     backbone: dict[str, Any] = field(default_factory=dict)
     image_encoder_id: str = ""

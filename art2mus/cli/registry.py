@@ -135,7 +135,8 @@ def relocate(dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what w
     one lacks)."""
     import sqlite3
 
-    from art2mus.tracking.runs import DEFAULT_ARTIFACTS, DEFAULT_DB, project_store, relocate_store, tracking_uri
+    from art2mus.tracking.runs import project_store, relocate_store
+    from art2mus.workspace import DEFAULT_ARTIFACTS, DEFAULT_DB, tracking_uri
 
     setup_logging(quiet=True)
     root = configure_environment()

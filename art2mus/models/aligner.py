@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -33,3 +35,14 @@ class ImageAligner(ModelMixin, ConfigMixin):
         """[B, image_dim] -> [B, tokens, lm_width]."""
         c = self.config
         return self.mlp(image_embeds).view(-1, c.tokens, c.lm_width)
+
+
+def weights_sha256(aligner: ImageAligner) -> str:
+    """Hash of the aligner's tensors (names, dtypes, shapes, bytes): its identity."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(aligner.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -26,7 +26,7 @@ import torch
 from art2mus.config import EncoderSpec
 from art2mus.errors import Art2MusError
 from art2mus.io import check_model_folder, read_json, rebuild_hint
-from art2mus.models.aligner import ImageAligner
+from art2mus.models.aligner import ImageAligner, weights_sha256
 from art2mus.models.backbone import Backbone, resolve_device
 from art2mus.models.loader import load_backbone
 from art2mus.workspace import MODEL_FILE
@@ -78,8 +78,6 @@ def verify_parts(path: Path, info: dict[str, Any], aligner: ImageAligner, backbo
                  encoder) -> dict[str, Any]:
     """`info` with the hashes of what was loaded, after checking them against those `model.json` records
     (each where one is recorded): Art2MusError naming the file and both hashes on a mismatch."""
-    from art2mus.training.aligner import weights_sha256
-
     loaded = {"weights_sha256": weights_sha256(aligner), "prior": str(backbone.info.get("identity", "")),
               "image_encoder_id": str(encoder.encoder_id)}
     where = {"weights_sha256": aligner_weights_file(path / "aligner"), "prior": path / "prior",

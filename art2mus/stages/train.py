@@ -32,12 +32,13 @@ from art2mus.errors import Art2MusError
 from art2mus.features import load_embeddings
 from art2mus.features.embeddings import EMBEDDING_FILES
 from art2mus.io import atomic_path, read_table, write_table_atomic
+from art2mus.models.aligner import weights_sha256
 from art2mus.models.loader import load_backbone
 from art2mus.models.pipeline import save_model
 from art2mus.stages import OpenRun
 from art2mus.tracking.lineage import record_training_lineage
 from art2mus.tracking.runs import process_rank
-from art2mus.training.aligner import StreamedPairs, train_aligner, weights_sha256
+from art2mus.training.aligner import StreamedPairs, train_aligner
 from art2mus.training.launch import die_with_launcher, launched_child, relaunch_under_torchrun, requested_processes
 from art2mus.workspace import MODEL_DIR, TRAIN_RECORD, TrainRecord
 

@@ -1,5 +1,5 @@
-"""MLflow tracking: where runs go, and the run context every stage logs through."""
+"""MLflow tracking: the run context every stage logs through (where runs go: art2mus.workspace.tracking_uri)."""
 
-from art2mus.tracking.runs import stage_run, tracking_uri
+from art2mus.tracking.runs import stage_run
 
-__all__ = ["stage_run", "tracking_uri"]
+__all__ = ["stage_run"]

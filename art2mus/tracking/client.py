@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from art2mus.env import project_root
-from art2mus.tracking.runs import relocate_if_moved, tracking_uri
+from art2mus.tracking.runs import relocate_if_moved
+from art2mus.workspace import tracking_uri
 
 
 def registry_client(root: Path | None = None):

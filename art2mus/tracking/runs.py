@@ -25,11 +25,10 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel
 
 from art2mus.env import configure_environment, project_root
+from art2mus.workspace import DEFAULT_ARTIFACTS, DEFAULT_DB, tracking_uri
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DB = "mlflow.db"
-DEFAULT_ARTIFACTS = "mlartifacts"
 PARENT_RUN_ENV = "ART2MUS_PARENT_RUN_ID"  # set by a flow so stage runs nest under it
 # Where MLflow's SQLite schema records a place on disk (table, column); every other column is left as logged.
 LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
@@ -44,15 +43,6 @@ def process_rank() -> int:
     Read from the environment the launcher sets, so it is known before (and without) any process group.
     """
     return int(os.environ.get("RANK", "0"))
-
-
-def tracking_uri(root: Path | None = None) -> str:
-    """`MLFLOW_TRACKING_URI` when set, else a SQLite file in the project."""
-    explicit = os.environ.get("MLFLOW_TRACKING_URI")
-    if explicit:
-        return explicit
-    root = root or project_root()
-    return f"sqlite:///{(root / DEFAULT_DB).as_posix()}"
 
 
 def is_local_store(uri: str) -> bool:

@@ -11,7 +11,6 @@ as the whole batch), optional gradient checkpointing of the frozen UNet, and on 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
@@ -168,17 +167,6 @@ def aligner_loss(
     if min_snr_gamma is not None:
         losses = losses * min_snr_weights(backbone.scheduler, timesteps, min_snr_gamma)
     return losses.mean()
-
-
-def weights_sha256(aligner: ImageAligner) -> str:
-    """Hash of the aligner's tensors (names, dtypes, shapes, bytes): its identity."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(aligner.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def checkpoints(out_dir: Path) -> list[Path]:

@@ -10,7 +10,8 @@ import pytest
 from art2mus.config import SplitParams
 from art2mus.errors import Art2MusError
 from art2mus.io import atomic_path, read_json, write_json_atomic, write_text_atomic
-from art2mus.tracking.runs import flatten, stage_run, tracking_uri
+from art2mus.tracking.runs import flatten, stage_run
+from art2mus.workspace import tracking_uri
 
 
 def test_atomic_path_replaces_files_and_directories_only_on_success(tmp_path: Path) -> None:

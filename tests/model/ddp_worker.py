@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 
 from art2mus.config import AudioParams, BackboneParams, TrainParams
+from art2mus.models.aligner import weights_sha256
 from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training import aligner
-from art2mus.training.aligner import AlignerData, train_aligner, weights_sha256
+from art2mus.training.aligner import AlignerData, train_aligner
 
 READ = []  # whether this process looked for a checkpoint to resume
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from art2mus.config import AudioParams, BackboneParams, TrainParams
-from art2mus.models.aligner import ImageAligner
+from art2mus.models.aligner import ImageAligner, weights_sha256
 from art2mus.models.audio import GriffinLimVocoder, MelCodec
 from art2mus.models.backbone import BackboneError
 from art2mus.models.loader import load_backbone
 from art2mus.models.tiny import build_tiny_backbone, save_tiny_backbone
-from art2mus.training.aligner import AlignerData, aligner_loss, train_aligner, weights_sha256
+from art2mus.training.aligner import AlignerData, aligner_loss, train_aligner
 from art2mus.training.diffusion import diffusion_target
 
 AUDIO = AudioParams()

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from art2mus.config import AudioParams, BackboneParams, TrainParams
+from art2mus.models.aligner import weights_sha256
 from art2mus.models.tiny import build_tiny_backbone
-from art2mus.training.aligner import CHECKPOINTS_DIR, STATE_FILE, AlignerData, train_aligner, weights_sha256
+from art2mus.training.aligner import CHECKPOINTS_DIR, STATE_FILE, AlignerData, train_aligner
 from tests.helpers import BIN, copy_project, project_env
 from tests.tiny_model import TINY_PROJECT
 

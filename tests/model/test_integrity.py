@@ -15,11 +15,10 @@ from safetensors import safe_open
 import art2mus.io
 from art2mus.errors import Art2MusError
 from art2mus.io import sha256_file, sha256_tree
-from art2mus.models.aligner import ImageAligner
+from art2mus.models.aligner import ImageAligner, weights_sha256
 from art2mus.models.backbone import BackboneError
 from art2mus.models.encoders import build_tiny_image_encoder
 from art2mus.models.pipeline import Art2MusPipeline
-from art2mus.training.aligner import weights_sha256
 from art2mus.workspace import MODEL_FILE
 from tests.tiny_model import build_tiny_model
 

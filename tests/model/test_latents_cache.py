@@ -13,10 +13,11 @@ import torch
 
 from art2mus.config import AudioParams, BackboneParams, TrainParams
 from art2mus.data.latents import CACHE_DIR, LatentPosteriors, cache_key, compute_latents, load_latent_index
+from art2mus.models.aligner import weights_sha256
 from art2mus.models.audio import CROP_VERSION
 from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training import aligner as aligner_module
-from art2mus.training.aligner import AlignerData, StreamedPairs, train_aligner, weights_sha256
+from art2mus.training.aligner import AlignerData, StreamedPairs, train_aligner
 
 AUDIO = AudioParams()
 

@@ -127,8 +127,8 @@ def train_runs(root: Path) -> dict:
 def test_train_stage_under_torchrun_trains_data_parallel_and_only_rank_zero_tracks_and_writes(
     pipeline_repo: Path, tmp_path: Path
 ) -> None:
+    from art2mus.models.aligner import weights_sha256
     from art2mus.models.pipeline import Art2MusPipeline
-    from art2mus.training.aligner import weights_sha256
 
     root = small_train_project(pipeline_repo, tmp_path / "project")
     before = train_runs(root)

@@ -1,0 +1,1 @@
+"""Data: the sources, ingestion, pairing, splits, latents and the sample data set."""
