@@ -37,10 +37,10 @@ from art2mus.errors import Art2MusError
 from art2mus.locks import concurrency_slot, file_lock, prefect_server_url
 from art2mus.orchestration import dvc_runner
 # parse_repro, TransientFailure, is_transient, decision_key, previous_verdict: for the flow's tests (F401).
-from art2mus.orchestration.dvc_runner import ReproFailed, ReproReport, gate_summary, parse_repro  # noqa: F401
+from art2mus.orchestration.dvc_runner import ReproFailed, ReproReport, parse_repro  # noqa: F401
 from art2mus.orchestration.outcome import RetrainOutcome, conclude, summary_markdown
 from art2mus.orchestration.retries import TransientFailure, is_transient, task_options  # noqa: F401
-from art2mus.quality.report import GateFailed, failed_gates_markdown, read_results, results_headline
+from art2mus.quality.report import GateFailed, failed_gates_markdown, read_report, results_headline
 from art2mus.tracking.client import registry_client
 from art2mus.tracking.licences import summary_lines, version_licences
 from art2mus.tracking.lineage import collect_lineage
@@ -82,20 +82,27 @@ def reproduce(root: Path) -> ReproReport:
 
 
 @task(name="quality gates", **task_options(GATES_TIMEOUT))
-def enforce_gates(root: Path, failed_stage: str | None = None, output: list[str] | None = None) -> list[str]:
-    """Fail when a gate failed (its GX summary becomes a Prefect markdown artifact); else the headlines."""
-    results = {gate: read_results(root, gate) for gate in GATES}
-    failed = [gate for gate in GATES if gate == failed_stage or (results[gate] is not None and not results[gate]["success"])]
+def enforce_gates(root: Path, failed_stage: str | None = None) -> list[str]:
+    """Fail when a gate's report says it failed (its summary becomes a Prefect markdown artifact); else the headlines.
+
+    After the gate stage `failed_stage` failed only its own report counts. DVC removes a stage's outputs before
+    running it, so no report means the stage stopped before checking anything: no verdict ([]), the caller raises
+    the stage's failure."""
+    gates = [failed_stage] if failed_stage is not None else list(GATES)
+    reports = {gate: read_report(root, gate) for gate in gates}
+    failed = {gate: report for gate, report in reports.items() if report is not None and not report.success}
     if failed:
-        summaries = {gate: gate_summary(gate, output or []) or results_headline(gate, results[gate]) for gate in failed}
+        summaries = {gate: report.summary for gate, report in failed.items()}  # as the gate's stage printed it
         create_markdown_artifact(failed_gates_markdown(summaries), key="quality-gates",
                                  description=f"GX summary of {', '.join(failed)}")
         raise GateFailed(f"quality gate {', '.join(failed)} failed; nothing was registered\n"
                          + "\n".join(summaries.values()))
-    if missing := [gate for gate in GATES if results[gate] is None]:
+    if failed_stage is not None:
+        return []
+    if missing := [gate for gate, report in reports.items() if report is None]:
         raise Art2MusError(f"no report of the quality gate(s) {', '.join(missing)} under {root / REPORTS_DIR} "
                            "after dvc repro (is the stage still in dvc.yaml?)")
-    headlines = [results_headline(gate, results[gate]) for gate in GATES]
+    headlines = [results_headline(gate, report.result) for gate, report in reports.items() if report is not None]
     for headline in headlines:
         get_run_logger().info("%s", headline)
     return headlines
@@ -266,8 +273,8 @@ def retrain_steps(root: Path, params: Params, by: str) -> RetrainOutcome:
         report, failure = None, error
     if failure is not None:
         if failure.stage in GATES:
-            enforce_gates(root, failure.stage, failure.output)  # raises GateFailed with the gate's summary
-        raise failure
+            enforce_gates(root, failure.stage)  # the gate's verdict: raises GateFailed with the summary in its report
+        raise failure  # the stage stopped before its verdict (bad input), or another stage or DVC failed
     enforce_gates(root)
     registered = register(root, params.tracking.experiment)
     document(root, registered.version, params)

@@ -190,16 +190,3 @@ def repro(root: Path, logger: Logger) -> ReproReport:
                 ", ".join(skipped) or "nothing", report.seconds)
     return report
 
-
-def gate_summary(gate: str, output: list[str]) -> str | None:
-    """The gate stage's own summary (`art2mus: <gate>: ...`, art2mus.stage's error line) in the repro output."""
-    prefix = f"art2mus: {gate}: "
-    for start, line in enumerate(output):
-        if line.startswith(prefix):
-            summary = [line[len(prefix):]]
-            for following in output[start + 1:]:
-                if following.startswith(("ERROR:", "Running stage", "art2mus: ")):
-                    break
-                summary.append(following)
-            return "\n".join(summary).rstrip()
-    return None

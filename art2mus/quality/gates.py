@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -14,7 +17,13 @@ from art2mus.data.schema import (
     SPLIT_NAMES,
     TRACK_COLUMNS,
 )
-from art2mus.quality.report import GateReport, TableCheck
+from art2mus.quality.report import (
+    GateReport,
+    GateRun,
+    TableCheck,
+    enforce,
+    results_path,
+)
 from art2mus.quality.validation import build_gate_report, expectations_module
 
 SHA256_REGEX = r"^[0-9a-f]{64}$"
@@ -37,6 +46,21 @@ NUMERIC_TYPE_NAMES = {
     "int64": ["int64", "Int64Dtype"],
     "float64": ["float64", "Float64Dtype"],
 }
+
+# How a gate stage opens its tracking run: art2mus.stages.OpenRun (the library does not import the stages).
+OpenGateRun = Callable[..., AbstractContextManager[GateRun]]
+
+
+def gate_stage(
+    gate: str,
+    params: ValidateRawParams | ValidateSplitsParams,
+    experiment: str,
+    open_run: OpenGateRun,
+    check: Callable[[], GateReport],
+) -> GateReport:
+    """A gate stage's body: in its tracking run, check, write and log `data/reports/<gate>.json`, enforce."""
+    with open_run(gate, params, experiment) as tracked:
+        return enforce(check(), results_path(Path("."), gate), tracked)
 
 
 # --- expectation builders -------------------------------------------------------------------

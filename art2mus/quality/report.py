@@ -1,12 +1,16 @@
-"""Gate reports: the tables a gate checks, the full GX results as JSON and a short summary a person can act on."""
+"""Gate reports: the tables a gate checks, the full GX results as JSON and a short summary a person can act on.
+
+A gate's report, `data/reports/<gate>.json`, is GX's results with the summary the stage prints next to
+them (top-level key `summary`): readers (the retrain flow) take the summary from there.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -19,6 +23,7 @@ logger = logging.getLogger(__name__)
 MAX_EXAMPLES = 5  # offending values shown per failed expectation (the JSON keeps more)
 MAX_SET_SHOWN = 8  # longer value sets are shown by their size only
 MAX_LABEL_WIDTH = 40
+SUMMARY_KEY = "summary"  # the report's summary, next to the GX results' own keys
 
 
 @dataclass
@@ -43,8 +48,7 @@ class GateReport:
     results_path: str | None = None
 
     def write(self, path: str | Path) -> None:
-        """Write the full results as JSON (atomically) and point the summary at the file."""
-        write_json_atomic(self.result, path)
+        """Point the summary at the file, then write the full results and the summary as JSON (atomically)."""
         self.results_path = str(path)
         statistics = self.result["statistics"]
         lines = self.summary.split("\n")
@@ -55,6 +59,15 @@ class GateReport:
             self.results_path,
         )
         self.summary = "\n".join(lines)
+        write_json_atomic({**self.result, SUMMARY_KEY: self.summary}, path)
+
+
+class GateRun(Protocol):
+    """What a gate logs to its stage's tracking run (art2mus.tracking.runs.StageRun has it)."""
+
+    def log_artifact(self, path: str | Path) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None: ...
 
 
 class GateFailed(Art2MusError):
@@ -67,9 +80,12 @@ class GateFailed(Art2MusError):
         self.report = report
 
 
-def enforce(report: GateReport, path: str | Path) -> GateReport:
-    """Write the gate's JSON results (pass or fail), then raise GateFailed if it failed."""
+def enforce(report: GateReport, path: str | Path, tracked: GateRun | None = None) -> GateReport:
+    """Write the gate's report (pass or fail) and log it to the stage's run, then raise GateFailed if it failed."""
     report.write(path)
+    if tracked is not None:
+        tracked.log_artifact(path)
+        tracked.log_metrics({"gate_passed": int(report.success)})
     if not report.success:
         raise GateFailed(report.summary, report)
     logger.info("%s", report.summary)
@@ -93,6 +109,17 @@ def read_results(root: Path, gate: str) -> dict[str, Any] | None:
     """The gate's full GX results as its stage wrote them, None when it has not run."""
     path = results_path(root, gate)
     return read_json(path) if path.is_file() else None
+
+
+def read_report(root: Path, gate: str) -> GateReport | None:
+    """The gate's report as its stage wrote it (results and summary), None when it has not run."""
+    results = read_results(root, gate)
+    if results is None:
+        return None
+    result = {key: value for key, value in results.items() if key != SUMMARY_KEY}
+    # A report written before reports kept their summary has no SUMMARY_KEY: its headline stands in.
+    summary = results.get(SUMMARY_KEY) or results_headline(gate, result)
+    return GateReport(gate, bool(result["success"]), summary, result, str(results_path(root, gate)))
 
 
 def results_headline(gate: str, results: dict[str, Any] | None) -> str:

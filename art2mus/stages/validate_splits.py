@@ -5,26 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from art2mus.config import load_params
-from art2mus.data.schema import ARTWORKS_MANIFEST, REPORTS_DIR, SPLITS_TABLE, TRACKS_MANIFEST
+from art2mus.data.schema import ARTWORKS_MANIFEST, SPLITS_TABLE, TRACKS_MANIFEST
 from art2mus.io import read_table
-from art2mus.quality import enforce, validate_splits
+from art2mus.quality import GateReport, validate_splits
+from art2mus.quality.gates import gate_stage
 from art2mus.stages import OpenRun
-
-REPORT = Path(REPORTS_DIR) / "validate_splits.json"
 
 
 def run(params_file: str | Path, open_run: OpenRun) -> None:
-    """Check the splits against the manifests, write the report; a failed gate raises."""
+    """Check the splits against the manifests, write data/reports/validate_splits.json; a failed gate raises."""
     params = load_params(params_file)
     manifests = Path(params.ingest.out_dir)
-    with open_run("validate_splits", params.validate_splits, params.tracking.experiment) as tracked:
-        report = validate_splits(
+
+    def check() -> GateReport:
+        return validate_splits(
             read_table(SPLITS_TABLE),
             read_table(manifests / ARTWORKS_MANIFEST),
             read_table(manifests / TRACKS_MANIFEST),
             params.validate_splits,
         )
-        report.write(REPORT)
-        tracked.log_artifact(REPORT)
-        tracked.log_metrics({"gate_passed": int(report.success)})
-        enforce(report, REPORT)
+
+    gate_stage("validate_splits", params.validate_splits, params.tracking.experiment, open_run, check)

@@ -178,6 +178,7 @@ def test_gate_passes_on_good_data(passing_reports, gate, tmp_path):
     assert written["success"] is True
     assert written["statistics"]["unsuccessful_expectations"] == 0
     assert f"(full results: {path})" in report.summary
+    assert written["summary"] == report.summary  # a passing gate's report keeps its summary too
 
 
 def test_raw_results_cover_every_table(passing_reports):
@@ -489,7 +490,8 @@ def check_gate_fails(
     ) and f"(full results: {path})" in report.summary.splitlines()[0]
 
     written = read_json(path)
-    assert written == json.loads(json.dumps(report.result))
+    assert written == {**json.loads(json.dumps(report.result)), "summary": report.summary}
+    assert written["summary"] == str(raised.value)  # the report keeps the summary the stage prints
     assert written["success"] is False
     assert written["statistics"]["unsuccessful_expectations"] == len(expected)
     every = sum(len(suite["results"]) for suite in written["suites"].values())

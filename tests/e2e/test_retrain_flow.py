@@ -39,11 +39,12 @@ from prefect.logging import disable_run_logger
 from art2mus.config import Params
 from art2mus.errors import Art2MusError
 from art2mus.processes import stop_process_group
+from art2mus.quality import GateFailed, GateReport
 from art2mus.tracking.registry import MODEL_NAME
 from flows.retrain import (
     TransientFailure,
     decision_key,
-    gate_summary,
+    enforce_gates,
     is_transient,
     parse_repro,
     previous_verdict,
@@ -71,14 +72,23 @@ def test_dvc_output_tells_which_stages_ran_and_which_failed() -> None:
     assert parse_repro(["Data and pipelines are up to date."]) == ([], [], None)
 
 
-def test_the_gate_summary_is_the_stages_own_message() -> None:
-    output = ["Running stage 'validate_raw':", "validate_raw: FAILED 1 of 51 expectations",
-              "art2mus: validate_raw: validate_raw: FAILED 1 of 51 expectations (full results: x.json)",
-              "  artworks  expect at least 1000 artworks: observed 96",
-              "ERROR: failed to reproduce 'validate_raw': failed to run"]
-    assert gate_summary("validate_raw", output) == ("validate_raw: FAILED 1 of 51 expectations (full results: x.json)\n"
-                                                    "  artworks  expect at least 1000 artworks: observed 96")
-    assert gate_summary("validate_splits", output) is None
+def test_the_gate_summary_is_the_one_in_the_gates_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    failing = GateReport("validate_raw", False, "validate_raw: FAILED 1 of 51 expectations\n"
+                         "  artworks  expect at least 1000 artworks: observed 96",
+                         {"gate": "validate_raw", "success": False, "suites": {},
+                          "statistics": {"evaluated_expectations": 51, "successful_expectations": 50,
+                                         "unsuccessful_expectations": 1}})
+    failing.write(tmp_path / "data/reports/validate_raw.json")  # as the stage writes it, summary included
+    artifacts: list[str] = []
+    monkeypatch.setattr("flows.retrain.create_markdown_artifact", lambda markdown, **_: artifacts.append(markdown))
+    with pytest.raises(GateFailed) as raised:
+        enforce_gates.fn(tmp_path, "validate_raw")
+    assert str(raised.value) == ("quality gate validate_raw failed; nothing was registered\n"
+                                 f"validate_raw: FAILED 1 of 51 expectations (full results: {tmp_path}/data/reports/"
+                                 "validate_raw.json)\n  artworks  expect at least 1000 artworks: observed 96")
+    assert failing.summary in artifacts[0] and "Full GX results: `data/reports/validate_raw.json`" in artifacts[0]
+    # A gate stage that stopped before its verdict (DVC removed its old report first) leaves the failure to the caller.
+    assert enforce_gates.fn(tmp_path, "validate_splits") == []
 
 
 def test_only_unreachable_or_busy_services_are_retried() -> None:
