@@ -20,12 +20,11 @@ from pathlib import Path
 from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any
 
+from art2mus.config import AlertsParams, load_params
 from art2mus.errors import Art2MusError
 
 if TYPE_CHECKING:
     from prefect.blocks.abstract import NotificationBlock
-
-    from art2mus.config import AlertsParams
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +179,6 @@ def send_alert(alert: Alert, config: AlertsParams) -> str:
 
 def project_alerts(project: Path) -> AlertsParams:
     """The project's alerts settings; the defaults when params.yaml cannot be read (it may be why the run failed)."""
-    from art2mus.config import AlertsParams, load_params
-
     try:
         return load_params(project / "params.yaml").alerts
     except Art2MusError:

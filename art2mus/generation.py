@@ -15,6 +15,7 @@ from art2mus.data.sources import printable_name
 from art2mus.errors import Art2MusError
 from art2mus.io import atomic_path
 from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig
+from art2mus.storage.s3 import S3Settings, require_credentials
 from art2mus.workspace import MODEL_FILE, tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,6 @@ def resolve_model_dir(model: str) -> Path:
     if scheme is None or not model[len(scheme):].strip("/"):
         raise Art2MusError(f"{model}: not a model folder or a supported URI; a model is {ACCEPTED_MODELS}")
     if model.startswith("s3://"):  # MLflow hands it to boto3: fail fast without credentials
-        from art2mus.storage.s3 import S3Settings, require_credentials
-
         endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL")  # where MLflow's S3 artifact store looks
         require_credentials(S3Settings.from_env(endpoint), model)
     import mlflow

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from art2mus.env import project_root
 from art2mus.errors import Art2MusError
 
 if TYPE_CHECKING:  # pandas is imported where tables are read: JSON readers (the flow) need not pay for it
@@ -44,8 +45,6 @@ def _lock_outputs(lock: Path, mtime_ns: int) -> tuple[tuple[str, str], ...]:
 
 def producing_stage(path: str | Path) -> str | None:
     """The DVC stage whose output holds `path` (by the project's dvc.lock), or None."""
-    from art2mus.env import project_root
-
     path = Path(path).absolute()
     root = project_root(path.parent)
     lock = root / "dvc.lock"

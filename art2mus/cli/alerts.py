@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from art2mus.alerts import WEBHOOK_BLOCK_TYPE, Alert, block_slug_name, send_alert, webhook_block
+from art2mus.config import load_params
 from art2mus.env import configure_environment, project_root
 from art2mus.errors import Art2MusError
 from art2mus.logs import setup_logging
@@ -38,9 +40,6 @@ def webhook(
 
     The URL is kept by Prefect (its database, or the server of PREFECT_API_URL), never in a tracked file.
     """
-    from art2mus.alerts import WEBHOOK_BLOCK_TYPE, block_slug_name, webhook_block
-    from art2mus.config import load_params
-
     setup_logging()
     prepared_environment()
     try:
@@ -62,9 +61,6 @@ def webhook(
 @app.command("test")
 def send_test(params_file: Params = Path("params.yaml")) -> None:
     """Send a test alert through the configured destination."""
-    from art2mus.alerts import Alert, send_alert
-    from art2mus.config import load_params
-
     setup_logging()
     root = prepared_environment()
     try:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from art2mus.env import configure_environment
 from art2mus.errors import Art2MusError
 from art2mus.logs import setup_logging
 
@@ -26,8 +27,7 @@ def fad(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
 ) -> None:
     """FAD between REF and GEN at equal size, with a bootstrap interval; unreadable files are listed."""
-    from art2mus.env import configure_environment
-    from art2mus.evaluation.fad import fad_paths
+    from art2mus.evaluation.fad import fad_paths  # torch: only when measuring
 
     setup_logging(quiet or as_json)
     configure_environment()

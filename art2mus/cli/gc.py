@@ -7,9 +7,12 @@ from typing import Annotated
 
 import typer
 
+from art2mus.config import load_params
 from art2mus.env import configure_environment, project_root
 from art2mus.errors import Art2MusError
 from art2mus.logs import setup_logging
+from art2mus.tracking.client import registry_client
+from art2mus.tracking.gc import collect_garbage
 
 
 def size(n_bytes: int) -> str:
@@ -61,10 +64,6 @@ def gc(
     workspace's dvc.lock, each with its whole lineage. Dry run unless --yes.
     """
     from mlflow.exceptions import MlflowException
-
-    from art2mus.config import load_params
-    from art2mus.tracking.gc import collect_garbage
-    from art2mus.tracking.client import registry_client
 
     setup_logging()
     root = configure_environment(project_root())

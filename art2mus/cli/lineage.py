@@ -16,6 +16,9 @@ import typer
 from art2mus.env import configure_environment, project_root
 from art2mus.errors import Art2MusError
 from art2mus.logs import setup_logging
+from art2mus.tracking.audit import trace, unavailable, versions_using
+from art2mus.tracking.client import registry_client
+from art2mus.tracking.runs import flatten
 
 FOUND, NOT_FOUND, ERROR = 0, 1, 2
 SHOWN_PARAMS = ("train", "features", "backbone")  # the sections that shape the aligner; --json has all
@@ -28,8 +31,6 @@ def short(md5: str) -> str:
 def params_lines(params: dict[str, Any], sections: tuple[str, ...] = SHOWN_PARAMS) -> list[str]:
     """The params that shape the aligner, a section per paragraph, wrapped."""
     import textwrap
-
-    from art2mus.tracking.runs import flatten
 
     lines = []
     for section in sections:
@@ -124,9 +125,6 @@ def lineage(
 
     Exit code 0: all inputs present / some version used the data; 1: an input is in neither store / no
     version used it; 2: an error."""
-    from art2mus.tracking.audit import trace, unavailable, versions_using
-    from art2mus.tracking.client import registry_client
-
     setup_logging(quiet=True)
     if (model is None) == (data is None):
         typer.echo("art2mus: lineage: give a model URI or --data PATH_OR_HASH (one of them)", err=True)

@@ -17,9 +17,12 @@ from art2mus.cli.registry import history, promote, rollback, tracking_app
 from art2mus.cli.remote import remote_app
 from art2mus.cli.retrain import retrain, schedule
 from art2mus.config import load_params
+from art2mus.data.schema import SPLITS_TABLE
 from art2mus.env import configure_environment, project_root
 from art2mus.errors import Art2MusError
+from art2mus.io import read_table
 from art2mus.logs import setup_logging
+from art2mus.tracking import stage_run
 from art2mus.workspace import MODEL_DIR, TRAIN_RECORD, TrainRecord
 
 app = typer.Typer(help="Paintings to music: data, training, evaluation and registry.", no_args_is_help=True,
@@ -43,7 +46,7 @@ def sample(
     quiet: Quiet = False,
 ) -> None:
     """Synthesise the embedded sample (ArtGraph + FMA layouts, planted correspondence)."""
-    from art2mus.data.sample import make_sample
+    from art2mus.data.sample import make_sample  # pandas, Pillow, soundfile: only for this command
 
     setup_logging(quiet)
     try:
@@ -69,7 +72,7 @@ def ingest(
     quiet: Quiet = False,
 ) -> None:
     """Read an ArtGraph export and an FMA copy into manifests; bad files are quarantined."""
-    from art2mus.data.ingest import ingest as run_ingest
+    from art2mus.data.ingest import ingest as run_ingest  # pandas: only for this command
 
     setup_logging(quiet)
     configure_environment()
@@ -113,9 +116,6 @@ def repro(
 
 def print_data_summary(root: Path) -> None:
     """Where the validated splits are and what they hold."""
-    from art2mus.data.schema import SPLITS_TABLE
-    from art2mus.io import read_table
-
     splits_path = root / SPLITS_TABLE
     if splits_path.exists():
         counts = read_table(splits_path)["split"].value_counts().to_dict()
@@ -146,6 +146,7 @@ def generate(
 ) -> None:
     """One WAV per image (16 kHz); bad images are reported and the others still generate; options left out take
     GenerationConfig's defaults."""
+    # torch, diffusers: only when generating (the CLI starts without them)
     from art2mus.generation import generate_files, shown_path
     from art2mus.models.pipeline import GenerationConfig
 
@@ -176,7 +177,7 @@ def evaluate(
     quiet: Quiet = False,
 ) -> None:
     """Evaluate any model on a split with the same candidates, noise and seeds as every other model."""
-    from art2mus.evaluation.evaluate import REPORT_DIR, evaluate_uri, summary_line
+    from art2mus.evaluation.evaluate import REPORT_DIR, evaluate_uri, summary_line  # torch: only when evaluating
 
     setup_logging(quiet)
     root = configure_environment(project_root())
@@ -194,8 +195,7 @@ def train(
     params_file: Params = Path("params.yaml"),
 ) -> None:
     """Train the aligner (the `train` stage) from the cached features and latents."""
-    from art2mus.stages.train import run as run_train
-    from art2mus.tracking import stage_run
+    from art2mus.stages.train import run as run_train  # torch: only when training
 
     setup_logging()
     configure_environment()

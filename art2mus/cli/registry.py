@@ -7,15 +7,25 @@ import getpass
 import json
 import logging
 import os
+import sqlite3
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from art2mus.config import PARAMS_FILE, PromotionParams, load_params
 from art2mus.env import configure_environment
 from art2mus.errors import Art2MusError
 from art2mus.logs import setup_logging
+from art2mus.tracking.client import registry_client
+from art2mus.tracking.licences import check_licences, version_licences
+from art2mus.tracking.registry import MODEL_NAME, get_version
+from art2mus.tracking.registry import history as promotion_history
+from art2mus.tracking.registry import promote as promote_version
+from art2mus.tracking.registry import rollback as rollback_champion
+from art2mus.tracking.runs import project_store, relocate_store
+from art2mus.workspace import DEFAULT_ARTIFACTS, DEFAULT_DB, tracking_uri
 
 By = Annotated[str | None, typer.Option("--by", help="Who does it (default: the OS user).")]
 Reason = Annotated[str, typer.Option("--reason", help="Why, for the history.")]
@@ -54,8 +64,6 @@ def registry_errors() -> tuple[type[Exception], ...]:
 
 def intended_use(root: Path) -> str:
     """The project's licence policy (params.yaml `promotion.intended_use`); the default outside a project."""
-    from art2mus.config import PARAMS_FILE, PromotionParams, load_params
-
     path = root / PARAMS_FILE
     if not path.is_file():
         policy = PromotionParams().intended_use
@@ -73,11 +81,6 @@ def promote(
 ) -> None:
     """Make VERSION the champion (after loading it and generating once); the licence policy
     (params.yaml `promotion.intended_use`) is checked first and --force does not override it."""
-    from art2mus.tracking.licences import check_licences, version_licences
-    from art2mus.tracking.client import registry_client
-    from art2mus.tracking.registry import MODEL_NAME, get_version
-    from art2mus.tracking.registry import promote as promote_version
-
     setup_logging(quiet)
     root = configure_environment()
     try:
@@ -94,9 +97,6 @@ def promote(
 
 def rollback(by: By = None, reason: Reason = "", quiet: Quiet = False) -> None:
     """Give the champion alias back to the previous champion."""
-    from art2mus.tracking.registry import MODEL_NAME
-    from art2mus.tracking.registry import rollback as rollback_champion
-
     setup_logging(quiet)
     root = configure_environment()
     try:
@@ -108,8 +108,6 @@ def rollback(by: By = None, reason: Reason = "", quiet: Quiet = False) -> None:
 
 def history(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Every promotion and rollback: when, who, from which version to which, on which metrics."""
-    from art2mus.tracking.registry import history as promotion_history
-
     setup_logging(quiet=True)
     configure_environment()
     try:
@@ -133,11 +131,6 @@ def relocate(dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what w
     """Point a copied or moved project's mlflow.db at this project's mlartifacts/ (a run does it by itself
     before logging; this says what it changes, and which artifact folders the other project has and this
     one lacks)."""
-    import sqlite3
-
-    from art2mus.tracking.runs import project_store, relocate_store
-    from art2mus.workspace import DEFAULT_ARTIFACTS, DEFAULT_DB, tracking_uri
-
     setup_logging(quiet=True)
     root = configure_environment()
     uri = tracking_uri(root)

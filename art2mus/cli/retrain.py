@@ -16,10 +16,13 @@ from typing import Annotated
 
 import typer
 
+from art2mus.config import load_params
 from art2mus.env import configure_environment, project_root
 from art2mus.errors import Art2MusError
 from art2mus.logs import setup_logging
 from art2mus.processes import stop_process_group
+from art2mus.tracking.client import registry_client
+from art2mus.tracking.registry import MODEL_NAME, champion_version
 
 DEFAULT_WAIT = 3600.0
 DEPLOYMENT = "art2mus-retrain"
@@ -72,10 +75,6 @@ def flow_errors() -> tuple[type[BaseException], ...]:
 
 def print_champion(root: Path) -> None:
     """The evaluation report, the champion and how to generate with it."""
-    from art2mus.config import load_params
-    from art2mus.tracking.client import registry_client
-    from art2mus.tracking.registry import MODEL_NAME, champion_version
-
     report = root / load_params(root / "params.yaml").evaluate.out_dir / "report" / "index.html"
     if report.is_file():
         typer.echo(f"evaluation report: {report}")

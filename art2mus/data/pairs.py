@@ -12,6 +12,7 @@ import pandas as pd
 
 from art2mus.config import PairParams
 from art2mus.data.schema import PAIR_COLUMNS
+from art2mus.data.similarity import pair_by_similarity
 from art2mus.data.sources import IngestError, lacks_final_line_end, read_csv_strings
 from art2mus.io import unreadable
 
@@ -87,9 +88,7 @@ def pairs_by_similarity(
     params: PairParams, artworks: pd.DataFrame, tracks: pd.DataFrame, features_dir: str | Path = FEATURES_DIR
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One-to-one pairs by cross-modal cosine of the features stage's embeddings; returns (pairs, dropped)."""
-    # Imported here: the features stage (and torch) are needed only by this method.
-    from art2mus.data.similarity import pair_by_similarity
-    from art2mus.features import load_embeddings
+    from art2mus.features import load_embeddings  # torch: only when pairing by similarity
 
     image_ids, image_emb, image_encoder, image_space = load_embeddings(Path(features_dir), "image")
     audio_ids, audio_emb, audio_encoder, audio_space = load_embeddings(Path(features_dir), "audio")

@@ -36,10 +36,11 @@ from art2mus.evaluation.fad import fad_sets
 from art2mus.evaluation.planted import MUSIC_FACTORS, VOCODE_BATCH, fit_factor_estimator
 from art2mus.evaluation.report import MetricRow, ReportItem, write_report
 from art2mus.evaluation.scores import image_bind_score_of, kl_score
-from art2mus.generation import open_image, write_wav
+from art2mus.generation import open_image, resolve_model_dir, write_wav
 from art2mus.io import atomic_path, read_json, read_table, write_json_atomic
 from art2mus.models.aligner import ImageAligner
 from art2mus.models.audio import log_mel, mel_transform, model_crop, read_mono
+from art2mus.models.encoders import load_audio_embedder
 from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig
 
 logger = logging.getLogger(__name__)
@@ -187,8 +188,6 @@ def generation_metrics(
     config: EvaluateParams, sample_rate: int,
 ) -> dict[str, Any]:
     """FAD, ImageBindScore (AM only in a shared space) and the tagger KL of one generated set."""
-    from art2mus.models.encoders import load_audio_embedder
-
     spec = config.fad_embedder
     embedder = load_frame_embedder(spec.name, spec.source, spec.revision, postprocess=spec.postprocess)
     name = metric_name(config.fad_embedder.name)
@@ -351,8 +350,6 @@ def evaluate_uri(model: str, params: Params, split: str | None = None, out_dir: 
 
     The output goes to `out_dir`, by default `<evaluate.out_dir>-<split>-<weights hash>` beside the stage's.
     """
-    from art2mus.generation import resolve_model_dir
-
     if split is not None:
         params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"split": split})})
     pipeline = Art2MusPipeline.from_pretrained(resolve_model_dir(model))

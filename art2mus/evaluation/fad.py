@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from art2mus.errors import Art2MusError
-from art2mus.evaluation.embedders import AUDIO_SUFFIXES, EmbeddedSet, FrameEmbedder, embed_folder, metric_name
+from art2mus.evaluation.embedders import (AUDIO_SUFFIXES, EmbeddedSet, FrameEmbedder, embed_folder, load_frame_embedder,
+                                          metric_name)
 
 MIN_ROWS_PER_DIM = 10
 MOMENT_BYTES = 512 * 2**20  # per set: above this the bootstrap refits rows instead of keeping clip moments
@@ -321,8 +322,6 @@ def fad_paths(
     Audio is embedded with `embedder` (default `spectral`); .npy rows are taken as given, so they
     must come from the embedder named (without one, the metric is `fad_precomputed`).
     """
-    from art2mus.evaluation.embedders import load_frame_embedder
-
     paths = {"ref": Path(ref), "gen": Path(gen)}
     kinds = {which: set_kind(path) for which, path in paths.items()}
     needs_audio = "audio" in kinds.values()

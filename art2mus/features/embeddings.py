@@ -28,6 +28,7 @@ from art2mus.errors import Art2MusError
 from art2mus.features.cache import EmbeddingCache
 from art2mus.features.media import MediaError, decode_audio_crop, decode_image, read_checked
 from art2mus.io import atomic_path, open_safetensors, unreadable, write_json_atomic, write_table_atomic
+from art2mus.models.encoders import EncoderRef, default_device
 
 logger = logging.getLogger(__name__)
 
@@ -220,8 +221,6 @@ def compute_features(
     `image_encoder` / `audio_embedder` default to the encoders `config` names. Images go first and
     their encoder is released before the audio one is loaded (ImageBind-huge twice would not fit).
     """
-    from art2mus.models.encoders import EncoderRef, default_device
-
     device = default_device()
     sources = {
         "image": image_encoder or EncoderRef(config.image_encoder, "image", device),

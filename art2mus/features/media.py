@@ -67,7 +67,7 @@ def decode_audio_crop(data: bytes, audio: AudioParams) -> np.ndarray:
     import torch
     import torchaudio
 
-    from art2mus.models.audio import model_crop
+    from art2mus.models.audio import model_crop  # diffusers, transformers: only when decoding audio
 
     try:
         with sf.SoundFile(io.BytesIO(data)) as handle:

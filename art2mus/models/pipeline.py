@@ -28,6 +28,7 @@ from art2mus.errors import Art2MusError
 from art2mus.io import check_model_folder, read_json, rebuild_hint
 from art2mus.models.aligner import ImageAligner, weights_sha256
 from art2mus.models.backbone import Backbone, resolve_device
+from art2mus.models.encoders import load_image_encoder
 from art2mus.models.loader import load_backbone
 from art2mus.workspace import MODEL_FILE
 
@@ -127,8 +128,6 @@ class Art2MusPipeline:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto") -> "Art2MusPipeline":
         """Load a packaged model folder (see `save_model`) on `device` (`auto`: the GPU when there is one)."""
-        from art2mus.models.encoders import load_image_encoder
-
         path = Path(path)
         if not (path / MODEL_FILE).is_file():
             raise Art2MusError(f"{path}: not an art2mus model (no {MODEL_FILE})")

@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from art2mus.config import EncoderSpec
 from art2mus.processes import stop_process_group
 from art2mus.rehearsal.project import copy_project, project_env
 
@@ -113,7 +114,7 @@ def measure(usage_file: Path, command: list[str]) -> int:
 def built_parts(hub: Path, size: str = "real") -> dict[str, Path]:
     """The random-weight checkpoints (AudioLDM2-music, CLIP ViT-L/14, ImageBind-huge; `tiny`: the same
     layouts at toy sizes, to check the rehearsal itself), built once per size."""
-    from art2mus.rehearsal import checkpoints
+    from art2mus.rehearsal import checkpoints  # torch, diffusers: only to build the parts (the driver stays light)
 
     hub = hub / size
     parts = {"audioldm2": hub / "audioldm2-music", "clip": hub / "clip-vit-large-patch14",
@@ -216,8 +217,7 @@ def embed_with_imagebind(checkpoint: Path, images: list[Path], out: Path) -> Non
     """(Child process) embed `images` with ImageBind-huge from `checkpoint`; write the figures to `out`."""
     from PIL import Image
 
-    from art2mus.config import EncoderSpec
-    from art2mus.models.encoders import load_image_encoder
+    from art2mus.models.encoders import load_image_encoder  # torch: only in this child process
 
     started = time.monotonic()
     encoder = load_image_encoder(EncoderSpec(name="imagebind", source=str(checkpoint)))
@@ -231,7 +231,7 @@ def embed_with_imagebind(checkpoint: Path, images: list[Path], out: Path) -> Non
 
 def parameter_counts() -> dict[str, int]:
     """Every part at full size, counted without weights."""
-    from art2mus.rehearsal.checkpoints import empty_parameter_counts
+    from art2mus.rehearsal.checkpoints import empty_parameter_counts  # torch, diffusers: only when counting
 
     return empty_parameter_counts("real")
 

@@ -283,7 +283,7 @@ class Art2MusModel(PythonModel):
     """Image in, music out: wraps Art2MusPipeline built from the logged packaged-model folder."""
 
     def load_context(self, context) -> None:
-        from art2mus.models.pipeline import Art2MusPipeline
+        from art2mus.models.pipeline import Art2MusPipeline  # torch: only when serving, not when logging
 
         config = context.model_config or {}
         self.pipeline = Art2MusPipeline.from_pretrained(context.artifacts[MODEL_ARTIFACT])
@@ -302,7 +302,7 @@ class Art2MusModel(PythonModel):
 
     def generate(self, number: int, request: Request) -> dict[str, Any]:
         """One output row; the decoded image lives only in this call."""
-        from art2mus.models.pipeline import GenerationConfig
+        from art2mus.models.pipeline import GenerationConfig  # torch: only when serving
 
         config = GenerationConfig(steps=request.steps, guidance_scale=request.guidance_scale,
                                   seconds=request.seconds, seed=request.seed, batch_size=1)

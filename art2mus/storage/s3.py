@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from art2mus.env import disable_cloud_metadata_lookup
 from art2mus.errors import Art2MusError
 from art2mus.io import atomic_path, sha256_file
 
@@ -95,8 +96,6 @@ def require_credentials(settings: S3Settings, target: str = "S3") -> None:
     the user enabled it (`art2mus.env.disable_cloud_metadata_lookup`)."""
     import boto3
     from botocore.exceptions import BotoCoreError
-
-    from art2mus.env import disable_cloud_metadata_lookup
 
     where = f"{target} at {settings.where}"
     if settings.access_key and settings.secret_key:

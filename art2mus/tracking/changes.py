@@ -24,7 +24,9 @@ from typing import Any
 
 import pandas as pd
 
+from art2mus.data.schema import ARTWORKS_MANIFEST, QUARANTINE_MANIFEST, SPLITS_TABLE, TRACKS_MANIFEST
 from art2mus.errors import Art2MusError
+from art2mus.tracking.registry import get_version
 from art2mus.tracking.runs import flatten
 from art2mus.workspace import (DATA_HASHES_TAG, DECISION_CHAMPION_TAG, DECISION_REASONS_TAG, PARAMS_TAG,
                                VALIDATION_TAG, json_tag)
@@ -337,13 +339,6 @@ def dvc_table_reader(root: Path) -> TableReader:
 
 def table_kinds(params: Mapping[str, Any]) -> dict[str, str]:
     """dvc.lock paths of the tables the report compares item by item, from a version's params."""
-    from art2mus.data.schema import (
-        ARTWORKS_MANIFEST,
-        QUARANTINE_MANIFEST,
-        SPLITS_TABLE,
-        TRACKS_MANIFEST,
-    )
-
     out = params.get("ingest", {}).get("out_dir", "data/interim")
     return {f"{out}/{ARTWORKS_MANIFEST}": "artworks", f"{out}/{TRACKS_MANIFEST}": "tracks",
             f"{out}/{QUARANTINE_MANIFEST}": "quarantine", SPLITS_TABLE: "splits"}
@@ -369,8 +364,6 @@ def recorded_evaluation(client, run_id: str) -> dict[str, Any] | None:
 
 def build_change_report(root: Path, candidate: str, champion: str | None, metrics: list[str], client) -> ChangeReport:
     """Read both versions from the registry and the old tables from the DVC cache; compare."""
-    from art2mus.tracking.registry import get_version
-
     candidate_version = get_version(candidate, client)
     tags = dict(candidate_version.tags)
     if champion is None or champion == candidate:

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from art2mus.config import Params
+from art2mus.data.schema import ARTWORKS_MANIFEST, SPLITS_TABLE
 from art2mus.errors import Art2MusError
+from art2mus.io import read_table
 from art2mus.workspace import LICENCES_TAG
 
 COMMERCIAL = "commercial"
@@ -193,9 +195,6 @@ def artwork_licence_column(artworks) -> str | None:
 
 def summarise_licences(params: Params, root: Path) -> LicenceSummary:
     """Licences of the train split's tracks and artworks and of the model's parts."""
-    from art2mus.data.schema import ARTWORKS_MANIFEST, SPLITS_TABLE
-    from art2mus.io import read_table
-
     splits_path, artworks_path = root / SPLITS_TABLE, root / params.ingest.out_dir / ARTWORKS_MANIFEST
     for path in (splits_path, artworks_path):
         if not path.is_file():

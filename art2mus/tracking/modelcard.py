@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from art2mus.config import Params
-from art2mus.data.schema import GATES
-from art2mus.io import read_json
+from art2mus.data.schema import GATES, REPORTS_DIR, SPLITS_TABLE
+from art2mus.io import read_json, read_table
 from art2mus.tracking.licences import (
     LICENCES_FILE,
     LicenceSummary,
@@ -26,6 +26,7 @@ from art2mus.tracking.licences import (
     is_embedded_sample,
     summarise_licences,
 )
+from art2mus.tracking.registry import MODEL_NAME, get_version
 from art2mus.workspace import CARD_TAG, LICENCES_TAG, VersionTags
 
 logger = logging.getLogger(__name__)
@@ -255,9 +256,6 @@ def model_card_markdown(inputs: CardInputs) -> str:
 
 
 def training_counts(root: Path) -> dict[str, int]:
-    from art2mus.data.schema import SPLITS_TABLE
-    from art2mus.io import read_table
-
     train = read_table(root / SPLITS_TABLE).query("split == 'train'")
     return {"pairs": len(train), "artworks": train["artwork_id"].nunique(), "tracks": train["track_id"].nunique(),
             "artists": train["artist"].nunique()}
@@ -276,8 +274,6 @@ def evaluation_for(root: Path, params: Params, weights: str) -> tuple[dict[str, 
 
 
 def gate_reports(root: Path) -> dict[str, dict[str, Any] | None]:
-    from art2mus.data.schema import REPORTS_DIR
-
     reports = {}
     for gate in GATES:
         path = root / REPORTS_DIR / f"{gate}.json"
@@ -314,8 +310,6 @@ def run_in_store(run_id: str, client) -> bool:
 
 def document_version(root: Path, version: str, params: Params, client) -> bool:
     """Write the version's card, licences and evaluation unless it has them; True when written now."""
-    from art2mus.tracking.registry import MODEL_NAME, get_version
-
     model_version = get_version(version, client)
     if model_version.tags.get(CARD_TAG):
         logger.debug("model card: version %s already has %s", version, model_version.tags[CARD_TAG])

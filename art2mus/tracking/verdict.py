@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from art2mus.config import Params
 from art2mus.errors import Art2MusError
+from art2mus.io import read_table
 from art2mus.tracking.licences import LicenceBlocked, check_licences, version_licences
 from art2mus.tracking.promotion import decide
 from art2mus.tracking.registry import (
@@ -64,7 +65,6 @@ def licence_blockers(model_version, params: Params) -> list[str]:
 def challenger_scores(root: Path, params: Params, weights: str) -> pd.DataFrame:
     """The evaluate stage's per-item scores of the registered model (checked to be of its weights)."""
     from art2mus.evaluation.evaluate import PER_ITEM_FILE, read_metrics  # torch: only when scoring
-    from art2mus.io import read_table
 
     out = root / params.evaluate.out_dir
     if not (out / PER_ITEM_FILE).is_file():
@@ -78,7 +78,8 @@ def challenger_scores(root: Path, params: Params, weights: str) -> pd.DataFrame:
 
 def champion_scores(root: Path, params: Params, champion: str) -> pd.DataFrame:
     """The champion's per-item scores on the same items, candidates, noise and timestep draws."""
-    from art2mus.evaluation.evaluate import decision_scores, load_split  # torch: only when scoring
+    # torch and diffusers: only when scoring the champion
+    from art2mus.evaluation.evaluate import decision_scores, load_split
     from art2mus.generation import resolve_model_dir
     from art2mus.models.pipeline import Art2MusPipeline
 

@@ -28,6 +28,7 @@ from PIL import Image
 
 from art2mus.config import EncoderSpec
 from art2mus.errors import Art2MusError
+from art2mus.io import sha256_file
 from art2mus.models.quiet import quiet_loading
 
 IMAGE_KINDS = ("tiny", "clip", "imagebind")
@@ -103,8 +104,6 @@ def weight_files(path: Path) -> list[Path]:
 @functools.lru_cache(maxsize=32)
 def digest_files(files: tuple[tuple[str, str, int, int], ...]) -> str:
     """Content hash over (name, file hash) pairs; cached per (path, size, mtime) within a process."""
-    from art2mus.io import sha256_file
-
     digest = hashlib.sha256()
     for name, path, _size, _mtime in files:
         digest.update(name.encode("utf-8") + b"\0" + sha256_file(path).encode("ascii") + b"\n")

@@ -28,6 +28,7 @@ from PIL import Image
 
 from art2mus.config import EncoderSpec
 from art2mus.errors import Art2MusError
+from art2mus.io import atomic_path, write_json_atomic
 from art2mus.models.encoders.base import offline_error, resample, resolve_device, resolve_local, rgb
 
 IMAGEBIND_HUGE_URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
@@ -120,8 +121,6 @@ def load_imagebind_model(spec: EncoderSpec, role: str, device: str = "cpu") -> A
 
 def save_imagebind(model: torch.nn.Module, model_kwargs: dict[str, Any] | None, path: str | Path) -> None:
     """Write an ImageBind state dict (and its constructor arguments beside it) for `load_*`."""
-    from art2mus.io import atomic_path, write_json_atomic
-
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(model.state_dict(), tmp)
