@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.filesize import decimal
 
 from art2mus.config import load_params
 from art2mus.env import configure_environment, project_root
@@ -16,8 +17,6 @@ from art2mus.tracking.gc import collect_garbage
 
 
 def size(n_bytes: int) -> str:
-    from rich.filesize import decimal
-
     return decimal(n_bytes)
 
 

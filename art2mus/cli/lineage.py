@@ -9,6 +9,7 @@ Exit codes (for scripts): forward, 0 when every recorded input is still in the D
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Annotated, Any
 
 import typer
@@ -30,8 +31,6 @@ def short(md5: str) -> str:
 
 def params_lines(params: dict[str, Any], sections: tuple[str, ...] = SHOWN_PARAMS) -> list[str]:
     """The params that shape the aligner, a section per paragraph, wrapped."""
-    import textwrap
-
     lines = []
     for section in sections:
         values = {key: value for key, value in flatten(params.get(section) or {}).items()

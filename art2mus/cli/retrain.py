@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import subprocess
@@ -59,8 +60,6 @@ def fail(command: str, error: Exception) -> None:
 
 def import_retrain_flow(root: Path):
     """flows.retrain of the project (flows/ is not installed; like stages/)."""
-    import importlib
-
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return importlib.import_module("flows.retrain")

@@ -27,6 +27,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -248,8 +249,6 @@ def rehearse(mode: str, work: Path, out: Path, source: Path, size: str = "real")
     build_seconds = time.monotonic() - build_started
     project = work / f"project-{mode}"
     if project.exists():
-        import shutil
-
         shutil.rmtree(project)
     changes = overlay(mode, parts)
     copy_project(source, project, changes)

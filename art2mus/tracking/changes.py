@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -346,9 +347,7 @@ def table_kinds(params: Mapping[str, Any]) -> dict[str, str]:
 
 def recorded_evaluation(client, run_id: str) -> dict[str, Any] | None:
     """The evaluation logged with a version's run (modelcard.EVALUATION_FILE), None when there is none."""
-    import tempfile
-
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # mlflow: only when reading a run's artifacts
 
     names = {item.path for item in client.list_artifacts(run_id, "evaluation")}
     if EVALUATION_FILE not in names:
