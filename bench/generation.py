@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 
 from art2mus.config import AudioParams, BackboneParams, SampleParams, TrainParams
-from art2mus.models.tiny import build_tiny_backbone
 from art2mus.models.encoders import build_tiny_image_encoder
 from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig
+from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training.aligner import new_aligner
 
 logger = logging.getLogger(__name__)

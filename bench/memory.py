@@ -33,8 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from art2mus.config import (AudioParams, BackboneParams, FeaturesParams, IngestParams, LatentsParams, SampleParams,
-                            TrainParams)
+from art2mus.config import AudioParams, BackboneParams, FeaturesParams, IngestParams, LatentsParams, SampleParams, TrainParams
 from art2mus.data.ingest import ingest
 from art2mus.data.sample import make_sample
 from art2mus.data.schema import ARTWORKS_MANIFEST, TRACKS_MANIFEST
@@ -114,7 +113,7 @@ class RssAnonPeak:
             self.peak_mb = max(self.peak_mb, memory_status_mb("RssAnon"))
             self._done.wait(self.interval)
 
-    def __enter__(self) -> "RssAnonPeak":
+    def __enter__(self) -> RssAnonPeak:
         self.peak_mb = memory_status_mb("RssAnon")
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()

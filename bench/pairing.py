@@ -89,7 +89,8 @@ def planted_embeddings(
     return image, audio[order], truth
 
 
-def lapjvsp_matching(candidate_tracks: np.ndarray, candidate_similarity: np.ndarray, n_tracks: int) -> tuple[np.ndarray, np.ndarray]:
+def lapjvsp_matching(candidate_tracks: np.ndarray, candidate_similarity: np.ndarray,
+                     n_tracks: int) -> tuple[np.ndarray, np.ndarray]:
     """The exact optimum of the auction's problem, by scipy's LAPJVsp; (rows, cols).
 
     Made square so LAPJVsp runs its initialisation (it skips it on rectangular input, 2x slower):
@@ -100,8 +101,10 @@ def lapjvsp_matching(candidate_tracks: np.ndarray, candidate_similarity: np.ndar
     """
     n_images, k = candidate_tracks.shape
     artwork_rows = np.repeat(np.arange(n_images), k)
-    rows = np.concatenate([artwork_rows, np.arange(n_images), n_images + np.arange(n_tracks), n_images + candidate_tracks.ravel()])
-    cols = np.concatenate([candidate_tracks.ravel(), n_tracks + np.arange(n_images), np.arange(n_tracks), n_tracks + artwork_rows])
+    rows = np.concatenate([artwork_rows, np.arange(n_images), n_images + np.arange(n_tracks),
+                           n_images + candidate_tracks.ravel()])
+    cols = np.concatenate([candidate_tracks.ravel(), n_tracks + np.arange(n_images), np.arange(n_tracks),
+                           n_tracks + artwork_rows])
     costs = np.concatenate([2.0 - candidate_similarity.ravel().astype(np.float64), np.full(n_images, 2.0 - UNPAIRED_VALUE),
                            np.ones(n_tracks), np.ones(n_images * k)])
     size = n_images + n_tracks

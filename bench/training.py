@@ -30,8 +30,8 @@ from art2mus.data.sample import fma_track_path, make_sample
 from art2mus.features.media import decode_image
 from art2mus.models.audio import mel_transform
 from art2mus.models.backbone import Backbone
-from art2mus.models.tiny import build_tiny_backbone
 from art2mus.models.encoders import ImageEncoder, load_image_encoder
+from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training.aligner import aligner_loss, new_aligner, step_generator
 
 logger = logging.getLogger(__name__)

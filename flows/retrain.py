@@ -36,19 +36,18 @@ from art2mus.data.schema import GATES, REPORTS_DIR
 from art2mus.errors import Art2MusError
 from art2mus.locks import concurrency_slot, file_lock, prefect_server_url
 from art2mus.orchestration import dvc_runner
-# parse_repro, TransientFailure, is_transient, decision_key, previous_verdict: for the flow's tests (F401).
-from art2mus.orchestration.dvc_runner import ReproFailed, ReproReport, parse_repro  # noqa: F401
+from art2mus.orchestration.dvc_runner import ReproFailed, ReproReport
 from art2mus.orchestration.outcome import RetrainOutcome, conclude, summary_markdown
-from art2mus.orchestration.retries import TransientFailure, is_transient, task_options  # noqa: F401
+from art2mus.orchestration.retries import task_options
 from art2mus.quality.report import GateFailed, failed_gates_markdown, read_report, results_headline
 from art2mus.tracking.client import registry_client
 from art2mus.tracking.licences import summary_lines, version_licences
 from art2mus.tracking.lineage import collect_lineage
 from art2mus.tracking.modelcard import CARD_FILE, document_version
 from art2mus.tracking.registry import MODEL_NAME, RegisteredVersion, champion_version, get_version, register_model
-from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment, git_state, tracking_uri
-from art2mus.tracking.verdict import Verdict, decide_version, decision_key, previous_verdict, promote_version  # noqa: F401
-from art2mus.workspace import MODEL_DIR, RETRAIN_LOCK, TRAIN_RECORD, TrainRecord
+from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment, git_state
+from art2mus.tracking.verdict import Verdict, decide_version, promote_version
+from art2mus.workspace import MODEL_DIR, RETRAIN_LOCK, TRAIN_RECORD, TrainRecord, tracking_uri
 
 CONCURRENCY_LIMIT = "art2mus-retrain"
 DEFAULT_WAIT_SECONDS = 3600.0  # how long a retrain waits for another one to finish

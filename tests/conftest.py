@@ -30,8 +30,7 @@ from pathlib import Path
 import pytest
 
 from art2mus.processes import stop_process_group
-from tests.helpers import (BIN, OUTPUT_TAIL, SERVER_TIMEOUT, TESTS, answers, copy_project, free_port, kill_group,
-                           project_env)
+from tests.helpers import BIN, OUTPUT_TAIL, SERVER_TIMEOUT, TESTS, answers, copy_project, free_port, kill_group, project_env
 
 # The end-to-end run is the embedded default itself (the learning run the model tests assert on);
 # overrides here would only shrink it.

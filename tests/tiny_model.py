@@ -8,9 +8,9 @@ from typing import Any
 
 from art2mus.config import AudioParams, BackboneParams, EncoderSpec
 from art2mus.models.aligner import ImageAligner
-from art2mus.models.tiny import build_tiny_backbone, save_tiny_backbone
 from art2mus.models.encoders import build_tiny_image_encoder
 from art2mus.models.pipeline import save_model
+from art2mus.models.tiny import build_tiny_backbone, save_tiny_backbone
 
 # The train stage's upstream on a tiny project, then a few tiny training steps (threads=1: test workers share
 # the machine's cores). Tests set `train.processes`.

@@ -35,7 +35,7 @@ def fad(
         report = fad_paths(ref, gen, embedder, source, quiet=quiet or as_json, n_boot=n_boot, seed=seed, ci=ci)
     except Art2MusError as error:
         typer.echo(f"art2mus: fad: {error}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
         return

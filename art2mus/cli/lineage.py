@@ -61,7 +61,8 @@ def chain_text(chain: dict[str, Any]) -> list[str]:
     lines.append(f"  run        train {run['id'] or '?'} ({run.get('status', 'not found') if run['found'] else 'not found'}"
                  f"{', lineage complete' if run.get('lineage_complete') else ''}, {len(run['datasets'])} datasets logged)"
                  f"  register {chain['register_run'] or '?'}")
-    lines.append(f"  commit     {git['commit'] or 'unknown'}{' (dirty: ' + git['code_version'] + ')' if git['dirty'] else ' (clean)'}")
+    state = f" (dirty: {git['code_version']})" if git["dirty"] else " (clean)"
+    lines.append(f"  commit     {git['commit'] or 'unknown'}{state}")
     shown = params_lines(chain["params"])
     lines += [f"  {'params' if index == 0 else '':<10} {line}" for index, line in enumerate(shown)]
     lines.append(f"  {'params' if not shown else '':<10} (all of them: --json; params.yaml is an artifact of the train run)")

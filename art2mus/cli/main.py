@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -39,9 +39,9 @@ def fail(command: str, error: Exception) -> None:
 
 @app.command()
 def sample(
-    out: Annotated[Optional[Path], typer.Option(help="Where to write it (default: sample.out_dir).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Override sample.seed.")] = None,
-    n_artworks: Annotated[Optional[int], typer.Option(help="Override sample.n_artworks.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write it (default: sample.out_dir).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override sample.seed.")] = None,
+    n_artworks: Annotated[int | None, typer.Option(help="Override sample.n_artworks.")] = None,
     params_file: Params = Path("params.yaml"),
     quiet: Quiet = False,
 ) -> None:
@@ -64,10 +64,10 @@ def ingest(
     artgraph: Annotated[Path, typer.Option(help="ArtGraph root: the metadata CSV and imagesf2/.")],
     fma: Annotated[Path, typer.Option(help="FMA root: fma_metadata/ and fma_<size>/.")],
     out: Annotated[Path, typer.Option(help="Where the manifests go.")],
-    artgraph_metadata: Annotated[Optional[Path], typer.Option(
+    artgraph_metadata: Annotated[Path | None, typer.Option(
         help="The ArtGraph metadata CSV (default: ingest.artgraph.metadata_file in the ArtGraph root, or the "
              "root's only CSV).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: ingest.workers).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes (default: ingest.workers).")] = None,
     params_file: Params = Path("params.yaml"),
     quiet: Quiet = False,
 ) -> None:
@@ -97,7 +97,7 @@ def ingest(
 
 @app.command()
 def repro(
-    stage: Annotated[Optional[str], typer.Argument(help="Reproduce up to this stage (default: all).")] = None,
+    stage: Annotated[str | None, typer.Argument(help="Reproduce up to this stage (default: all).")] = None,
     force: Annotated[bool, typer.Option(help="Re-run stages even when DVC finds them unchanged.")] = False,
 ) -> None:
     """Run the DVC pipeline on the configured data (DVC skips what is unchanged)."""
@@ -136,12 +136,12 @@ def generate(
     images: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, ...).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the WAV files.")],
     model: Annotated[str, typer.Option(help="A packaged model folder or an MLflow URI.")] = str(MODEL_DIR),
-    scheduler: Annotated[Optional[str], typer.Option(help="dpmsolver++ or ddim.")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps.")] = None,
-    guidance: Annotated[Optional[float], typer.Option(min=0.0, help="Classifier-free guidance scale.")] = None,
-    seconds: Annotated[Optional[float], typer.Option(min=0.1, help="Length (default: the prior's crop).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the initial noise.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per batch.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="dpmsolver++ or ddim.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Denoising steps.")] = None,
+    guidance: Annotated[float | None, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = None,
+    seconds: Annotated[float | None, typer.Option(min=0.1, help="Length (default: the prior's crop).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the initial noise.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """One WAV per image (16 kHz); bad images are reported and the others still generate; options left out take
@@ -170,8 +170,8 @@ def generate(
 def evaluate(
     model: Annotated[str, typer.Option(help="A packaged model folder or an MLflow URI "
                                              "(runs:/..., models:/art2mus-aligner@champion).")] = str(MODEL_DIR),
-    split: Annotated[Optional[str], typer.Option(help="train, val or test (default: evaluate.split).")] = None,
-    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output folder (default: "
+    split: Annotated[str | None, typer.Option(help="train, val or test (default: evaluate.split).")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Output folder (default: "
                                                 "<evaluate.out_dir>-<split>-<weights hash>).")] = None,
     params_file: Params = Path("params.yaml"),
     quiet: Quiet = False,

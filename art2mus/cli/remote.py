@@ -80,7 +80,7 @@ def s3(
         url = configure_s3_remote(root, bucket, prefix, endpoint, name, local, credentials_from_env)
     except Art2MusError as error:
         typer.echo(f"art2mus: remote s3: {error}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     where = ".dvc/config.local" if local else ".dvc/config"
     typer.echo(f"remote {name!r}: {url}{f' at {endpoint}' if endpoint else ''} is the default DVC remote ({where})")
     typer.echo("credentials: " + (".dvc/config.local" if credentials_from_env else

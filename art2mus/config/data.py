@@ -37,7 +37,7 @@ class SampleParams(Section):
     track_seconds: float = Field(4.0, gt=0)
 
     @model_validator(mode="after")
-    def _enough_artworks_per_artist(self) -> "SampleParams":
+    def _enough_artworks_per_artist(self) -> SampleParams:
         if self.n_artists > self.n_artworks:
             raise ValueError("n_artists must not exceed n_artworks")
         return self
@@ -78,7 +78,7 @@ class Range(Section):
     max: float
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Range":
+    def _ordered(self) -> Range:
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         return self
@@ -130,7 +130,7 @@ class SplitRatios(Section):
     test: float = Field(0.2, gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _sum_to_one(self) -> "SplitRatios":
+    def _sum_to_one(self) -> SplitRatios:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"ratios must sum to 1, got {total:g}")

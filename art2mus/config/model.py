@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from art2mus.config.base import Section
-from art2mus.config.captions import DEFAULT_TEMPLATE as DEFAULT_CAPTION_TEMPLATE, template_parts
+from art2mus.config.captions import DEFAULT_TEMPLATE as DEFAULT_CAPTION_TEMPLATE
+from art2mus.config.captions import template_parts
 from art2mus.config.data import EncoderSpec
 from art2mus.config.profiles import AUTO, Threads
 
@@ -92,7 +93,7 @@ class TrainParams(Section):
     processes: int | Literal["auto"] = Field(1)
 
     @model_validator(mode="after")
-    def _micro_batch_divides(self) -> "TrainParams":
+    def _micro_batch_divides(self) -> TrainParams:
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must divide by grad_accum ({self.grad_accum})")
         if isinstance(self.processes, int) and self.processes < 1:
@@ -146,7 +147,7 @@ class EvaluateParams(Section):
     caption_template: str = DEFAULT_CAPTION_TEMPLATE  # art2mus/config/captions.py: {fields}, [optional parts]
 
     @model_validator(mode="after")
-    def _caption_template_is_valid(self) -> "EvaluateParams":
+    def _caption_template_is_valid(self) -> EvaluateParams:
         template_parts(self.caption_template)
         if "trained" not in self.generate:
             raise ValueError("generate must include trained (the model itself)")

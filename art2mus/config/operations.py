@@ -34,7 +34,7 @@ class PromotionParams(Section):
     floors: dict[str, float] = Field(default_factory=lambda: {"retrieval_top1": 0.25})
 
     @model_validator(mode="after")
-    def _one_metric_must_win(self) -> "PromotionParams":
+    def _one_metric_must_win(self) -> PromotionParams:
         if not any(rule.min_improvement >= 0 for rule in self.metrics.values()):
             raise ValueError("at least one metric needs min_improvement >= 0, or an equal challenger would win")
         unknown = sorted(set(self.floors) - set(self.metrics))

@@ -8,8 +8,17 @@ import yaml
 from pydantic import ValidationError, model_validator
 
 from art2mus.config.base import Section
-from art2mus.config.data import (AudioParams, FeaturesParams, IngestParams, PairParams, SampleParams,
-                                 SplitParams, TrackingParams, ValidateRawParams, ValidateSplitsParams)
+from art2mus.config.data import (
+    AudioParams,
+    FeaturesParams,
+    IngestParams,
+    PairParams,
+    SampleParams,
+    SplitParams,
+    TrackingParams,
+    ValidateRawParams,
+    ValidateSplitsParams,
+)
 from art2mus.config.model import BackboneParams, EvaluateParams, LatentsParams, PriorParams, TrainParams
 from art2mus.config.operations import AlertsParams, GcParams, PromotionParams, ServingParams
 from art2mus.config.profiles import REAL_CROP_SECONDS, resolve_profile
@@ -46,7 +55,7 @@ class Params(Section):
         return resolve_profile(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
-    def _profile_fits(self) -> "Params":
+    def _profile_fits(self) -> Params:
         if self.backbone.profile == "audioldm2" and abs(self.audio.crop_seconds - REAL_CROP_SECONDS) > 1e-6:
             raise ValueError(f"audio.crop_seconds: {self.audio.crop_seconds:g} s cannot work with backbone.profile "
                              f"audioldm2, whose prior was trained on {REAL_CROP_SECONDS:g} s (use auto)")

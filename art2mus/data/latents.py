@@ -164,7 +164,7 @@ class LatentPosteriors:
         self._handles: dict[str, object] = {}
 
     @classmethod
-    def from_index(cls, out_dir: Path, index: pd.DataFrame) -> "LatentPosteriors":
+    def from_index(cls, out_dir: Path, index: pd.DataFrame) -> LatentPosteriors:
         """The rows `index` names; each shard it uses must be there and complete (its header is read here,
         so a damaged shard is named before training starts rather than in a data loader's worker)."""
         cache = Path(out_dir) / CACHE_DIR

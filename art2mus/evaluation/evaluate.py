@@ -29,8 +29,14 @@ from art2mus.config import AudioParams, EvaluateParams, Params
 from art2mus.data.schema import ARTWORKS_MANIFEST, SPLITS_TABLE, TRACKS_MANIFEST
 from art2mus.errors import Art2MusError
 from art2mus.evaluation.caption_baseline import CAPTION_BASELINE, caption_baseline
-from art2mus.evaluation.correspondence import (CorrespondenceResult, candidate_sets, compare_conditioning, error_matrix,
-                                               hit_rate, summarise)
+from art2mus.evaluation.correspondence import (
+    CorrespondenceResult,
+    candidate_sets,
+    compare_conditioning,
+    error_matrix,
+    hit_rate,
+    summarise,
+)
 from art2mus.evaluation.embedders import embed_waveforms, load_frame_embedder, metric_name
 from art2mus.evaluation.fad import fad_sets
 from art2mus.evaluation.planted import MUSIC_FACTORS, VOCODE_BATCH, fit_factor_estimator

@@ -36,8 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from art2mus.errors import Art2MusError
-from art2mus.evaluation.embedders import (AUDIO_SUFFIXES, EmbeddedSet, FrameEmbedder, embed_folder, load_frame_embedder,
-                                          metric_name)
+from art2mus.evaluation.embedders import (
+    AUDIO_SUFFIXES,
+    EmbeddedSet,
+    FrameEmbedder,
+    embed_folder,
+    load_frame_embedder,
+    metric_name,
+)
 
 MIN_ROWS_PER_DIM = 10
 MOMENT_BYTES = 512 * 2**20  # per set: above this the bootstrap refits rows instead of keeping clip moments
@@ -241,7 +247,7 @@ def read_npy(path: Path) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
-        raise ValueError(f"cannot read .npy: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+        raise ValueError(f"cannot read .npy: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     if not isinstance(array, np.ndarray):
         raise ValueError("not a single array (an .npz archive?)")
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):

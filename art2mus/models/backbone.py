@@ -76,7 +76,7 @@ class Backbone:
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
-    def eval(self) -> "Backbone":
+    def eval(self) -> Backbone:
         """Frozen: eval mode (GPT-2 has dropout) and no gradients."""
         for module in self.modules():
             module.eval()
@@ -87,7 +87,7 @@ class Backbone:
         parts = [self.unet, self.language_model, self.codec, self.vocoder, self.audio_encoder]
         return [part for part in parts if part is not None]
 
-    def to(self, device: torch.device | str) -> "Backbone":
+    def to(self, device: torch.device | str) -> Backbone:
         """Every part and constant stream on `device`."""
         device = resolve_device(device)
         for module in self.modules():

@@ -126,7 +126,7 @@ class Art2MusPipeline:
         self.info = info or {}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto") -> "Art2MusPipeline":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto") -> Art2MusPipeline:
         """Load a packaged model folder (see `save_model`) on `device` (`auto`: the GPU when there is one)."""
         path = Path(path)
         if not (path / MODEL_FILE).is_file():

@@ -21,8 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from art2mus.errors import Art2MusError
-from art2mus.processes import stop_process_group
 from art2mus.orchestration.retries import TransientFailure
+from art2mus.processes import stop_process_group
 
 REMOTE_PROBE_SECONDS = 5.0
 DEFAULT_PORTS = {"http": 80, "https": 443, "s3": 443, "ssh": 22, "webdav": 80, "webdavs": 443, "hdfs": 8020}

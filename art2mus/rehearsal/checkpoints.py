@@ -98,7 +98,7 @@ def check_size(size: str) -> None:
 
 def part_seed(seed: int, name: str) -> int:
     """The seed one part draws from: fixed by the build's seed and the part's name."""
-    return zlib.crc32(f"{seed}/{name}".encode("utf-8"))
+    return zlib.crc32(f"{seed}/{name}".encode())
 
 
 @contextlib.contextmanager

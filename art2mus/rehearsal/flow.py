@@ -40,8 +40,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from art2mus.config import EncoderSpec
 from art2mus.processes import stop_process_group
 from art2mus.rehearsal.project import copy_project, project_env

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from art2mus.config import load_params
-from art2mus.evaluation.evaluate import (METRICS_FILE, REPORT_DIR, evaluate_model, load_split, planted_factors,
-                                         summary_line)
+from art2mus.evaluation.evaluate import METRICS_FILE, REPORT_DIR, evaluate_model, load_split, planted_factors, summary_line
 from art2mus.models.pipeline import Art2MusPipeline
 from art2mus.stages import OpenRun
 from art2mus.tracking.runs import flatten

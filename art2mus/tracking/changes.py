@@ -29,8 +29,7 @@ from art2mus.data.schema import ARTWORKS_MANIFEST, QUARANTINE_MANIFEST, SPLITS_T
 from art2mus.errors import Art2MusError
 from art2mus.tracking.registry import get_version
 from art2mus.tracking.runs import flatten
-from art2mus.workspace import (DATA_HASHES_TAG, DECISION_CHAMPION_TAG, DECISION_REASONS_TAG, PARAMS_TAG,
-                               VALIDATION_TAG, json_tag)
+from art2mus.workspace import DATA_HASHES_TAG, DECISION_CHAMPION_TAG, DECISION_REASONS_TAG, PARAMS_TAG, VALIDATION_TAG, json_tag
 
 logger = logging.getLogger(__name__)
 

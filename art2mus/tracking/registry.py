@@ -48,9 +48,20 @@ from art2mus.locks import concurrency_slot, file_lock
 from art2mus.tracking.client import registry_client
 from art2mus.tracking.lineage import Lineage, complete_train_run, library_versions
 from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment
-from art2mus.workspace import (DECISION_CHAMPION_TAG, DECISION_KEY_TAG, DECISION_PREFIX, DECISION_REASONS_TAG,
-                               IDENTITY_TAG, MODEL_FILE, PROMOTED_AT_TAG, REGISTRY_LOCK, ROLLED_BACK_AT_TAG,
-                               VALIDATION_TAG, TrainRecord, VersionTags)
+from art2mus.workspace import (
+    DECISION_CHAMPION_TAG,
+    DECISION_KEY_TAG,
+    DECISION_PREFIX,
+    DECISION_REASONS_TAG,
+    IDENTITY_TAG,
+    MODEL_FILE,
+    PROMOTED_AT_TAG,
+    REGISTRY_LOCK,
+    ROLLED_BACK_AT_TAG,
+    VALIDATION_TAG,
+    TrainRecord,
+    VersionTags,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -31,8 +31,7 @@ from art2mus.tracking.registry import (
     record_validation,
     set_challenger,
 )
-from art2mus.workspace import (DECISION_KEY_TAG, MODEL_DIR, PROMOTED_AT_TAG, ROLLED_BACK_AT_TAG, VALIDATION_TAG,
-                               VersionTags)
+from art2mus.workspace import DECISION_KEY_TAG, MODEL_DIR, PROMOTED_AT_TAG, ROLLED_BACK_AT_TAG, VALIDATION_TAG, VersionTags
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -609,7 +609,7 @@ def up_command(state_dir: StateDir = DEFAULT_STATE_DIR,
         stack = up(state_dir, bucket, backend)
     except Art2MusError as error:
         typer.echo(f"stack: {error}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(describe(stack))
 
 
@@ -620,7 +620,7 @@ def down_command(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
         stopped = down(state_dir)
     except Art2MusError as error:
         typer.echo(f"stack: {error}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
@@ -631,7 +631,7 @@ def status_command(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
         stack = load_state(state_dir.resolve())
     except Art2MusError as error:
         typer.echo(f"stack: {error}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     if stack is None:
         typer.echo(f"stack: not started (no {state_path(state_dir)})")
         raise typer.Exit(1)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from art2mus.config import ConfigError, Params, load_params, parse_params
 
@@ -25,7 +26,8 @@ def test_the_project_params_file_is_valid_and_complete() -> None:
         ({"split": {"ratios": {"train": 0.9, "val": 0.1, "test": 0.2}}}, "split.ratios: Value error, ratios must sum to 1"),
         ({"ingest": {"workers": 0}}, "ingest.workers: Input should be greater than or equal to 1"),
         ({"ingest": {"fma": {"size": "huge"}}}, "ingest.fma.size: Input should be 'small', 'medium', 'large' or 'full'"),
-        ({"validate_raw": {"track_seconds": {"min": 5, "max": 1}}}, "validate_raw.track_seconds: Value error, min (5.0) is greater than max"),
+        ({"validate_raw": {"track_seconds": {"min": 5, "max": 1}}},
+         "validate_raw.track_seconds: Value error, min (5.0) is greater than max"),
         ({"sample": {"n_artworks": "many"}}, "sample.n_artworks: Input should be a valid integer"),
         ({"nonsense": {}}, "nonsense: unknown key"),
     ],
@@ -83,7 +85,7 @@ def test_a_section_must_be_present_but_its_keys_may_be_omitted(tmp_path: Path) -
 
 def test_sections_are_immutable_once_loaded() -> None:
     params = parse_params({})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         params.split.seed = 3  # type: ignore[misc]
 
 

@@ -116,7 +116,8 @@ def store(template: tuple[Path, Store], monkeypatch: pytest.MonkeyPatch) -> Stor
     shutil.copytree(snapshot, built.root, symlinks=True, dirs_exist_ok=True)
     uri = f"sqlite:///{built.root / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for name, value in {"PREFECT_HOME": built.root / ".prefect", "DVC_SITE_CACHE_DIR": built.root / ".dvc" / "tmp" / "site"}.items():
+    project_state = {"PREFECT_HOME": built.root / ".prefect", "DVC_SITE_CACHE_DIR": built.root / ".dvc" / "tmp" / "site"}
+    for name, value in project_state.items():
         monkeypatch.setenv(name, str(value))  # what the CLI would set for the project, undone after the test
     mlflow.set_tracking_uri(uri)
     monkeypatch.chdir(built.root)

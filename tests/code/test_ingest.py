@@ -287,6 +287,7 @@ def test_a_metadata_csv_cut_mid_record_is_refused_naming_it(tmp_path: Path, cut:
     last = text.rstrip("\n").rsplit("\n", 1)[1]
     cut_text = text.rstrip("\n")[: -len(last)] + (last.split(",", 1)[0] + "," if cut == "short_record" else last + ',"Jazz')
     tracks_csv.write_text(cut_text)
-    with pytest.raises(UnreadableFile, match=r"tracks\.csv: unreadable, truncated or corrupt \((its last line has|it ends inside)"):
+    refused = r"tracks\.csv: unreadable, truncated or corrupt \((its last line has|it ends inside)"
+    with pytest.raises(UnreadableFile, match=refused):
         ingest(artgraph, fma, tmp_path / "out", PARAMS, quiet=True)
     assert not list((tmp_path / "out").glob("*.parquet"))  # no manifest from a shortened file

@@ -13,8 +13,14 @@ from art2mus.config import PairParams, SimilarityParams
 from art2mus.data.pairs import PAIRING_METHODS, pairs_by_similarity
 from art2mus.data.schema import PAIR_COLUMNS
 from art2mus.data.similarity import (
-    AUCTION_EPSILON, UNPAIRED_VALUE, SimilarityPairingError, assign_pairs, auction_matching, pair_by_similarity,
-    top_k_tracks, unit_rows,
+    AUCTION_EPSILON,
+    UNPAIRED_VALUE,
+    SimilarityPairingError,
+    assign_pairs,
+    auction_matching,
+    pair_by_similarity,
+    top_k_tracks,
+    unit_rows,
 )
 from art2mus.errors import Art2MusError
 

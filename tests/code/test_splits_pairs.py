@@ -8,8 +8,8 @@ import pytest
 
 from art2mus.config import PairParams, SplitParams
 from art2mus.data.pairs import make_pairs
-from art2mus.data.splits import make_splits
 from art2mus.data.sources import IngestError
+from art2mus.data.splits import make_splits
 from art2mus.io import UnreadableFile
 
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from art2mus.workspace import (DATA_HASHES_TAG, INPUTS_TAG, TRAINING_DATA_TAG, TrainRecord, VersionTags, json_tag)
+from art2mus.workspace import DATA_HASHES_TAG, INPUTS_TAG, TRAINING_DATA_TAG, TrainRecord, VersionTags, json_tag
 
 
 def test_train_record_round_trips_atomically(tmp_path: Path) -> None:

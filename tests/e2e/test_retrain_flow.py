@@ -38,18 +38,13 @@ from prefect.logging import disable_run_logger
 
 from art2mus.config import Params
 from art2mus.errors import Art2MusError
+from art2mus.orchestration.dvc_runner import parse_repro
+from art2mus.orchestration.retries import TransientFailure, is_transient
 from art2mus.processes import stop_process_group
 from art2mus.quality import GateFailed, GateReport
 from art2mus.tracking.registry import MODEL_NAME
-from flows.retrain import (
-    TransientFailure,
-    decision_key,
-    enforce_gates,
-    is_transient,
-    parse_repro,
-    previous_verdict,
-    sync_data,
-)
+from art2mus.tracking.verdict import decision_key, previous_verdict
+from flows.retrain import enforce_gates, sync_data
 from tests.helpers import BIN, SERVER_TIMEOUT, free_port, merge, project_env
 
 slow = pytest.mark.slow

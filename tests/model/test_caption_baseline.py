@@ -20,12 +20,6 @@ import torch
 from PIL import Image
 
 from art2mus.config import BackboneParams, EncoderSpec, EvaluateParams, Params
-from art2mus.evaluation.captions import (
-    DEFAULT_TEMPLATE,
-    FIELD_CHARS,
-    metadata_caption,
-    template_parts,
-)
 from art2mus.evaluation.caption_baseline import (
     CAPTION_BASELINE,
     caption_baseline,
@@ -33,11 +27,17 @@ from art2mus.evaluation.caption_baseline import (
     load_text_pipeline,
     render_captions,
 )
+from art2mus.evaluation.captions import (
+    DEFAULT_TEMPLATE,
+    FIELD_CHARS,
+    metadata_caption,
+    template_parts,
+)
 from art2mus.evaluation.evaluate import METRICS_FILE, REPORT_DIR, SplitData, comparison_table, evaluate_model
 from art2mus.models.aligner import ImageAligner
 from art2mus.models.backbone import BackboneError
-from art2mus.models.loader import write_backbone_reference
 from art2mus.models.encoders import build_tiny_image_encoder
+from art2mus.models.loader import write_backbone_reference
 from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig, save_model
 from tests.tiny_model import build_tiny_model
 

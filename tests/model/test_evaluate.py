@@ -13,8 +13,17 @@ import soundfile as sf
 from art2mus.config import AudioParams, Params, SampleParams
 from art2mus.data.sample import fma_track_path, make_sample
 from art2mus.errors import Art2MusError
-from art2mus.evaluation.evaluate import (GENERATED_DIR, METRICS_FILE, PER_ITEM_FILE, PLOTS_DIR, REPORT_DIR,
-                                         PlantedFactors, SplitData, decision_scores, evaluate_model)
+from art2mus.evaluation.evaluate import (
+    GENERATED_DIR,
+    METRICS_FILE,
+    PER_ITEM_FILE,
+    PLOTS_DIR,
+    REPORT_DIR,
+    PlantedFactors,
+    SplitData,
+    decision_scores,
+    evaluate_model,
+)
 from art2mus.evaluation.planted import MUSIC_FACTORS
 from art2mus.models.pipeline import Art2MusPipeline
 from tests.tiny_model import build_tiny_model

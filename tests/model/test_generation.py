@@ -8,18 +8,18 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
 import soundfile as sf
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from art2mus.cli.main import app
 from art2mus.config import AudioParams, BackboneParams, EncoderSpec
 from art2mus.models.aligner import ImageAligner
-from art2mus.models.tiny import build_tiny_backbone, save_tiny_backbone
 from art2mus.models.encoders import build_tiny_image_encoder
 from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig, save_model
+from art2mus.models.tiny import build_tiny_backbone, save_tiny_backbone
 
 
 @pytest.fixture(scope="module")

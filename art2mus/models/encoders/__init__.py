@@ -66,8 +66,8 @@ from art2mus.models.encoders.imagebind import (
     IMAGEBIND_HUGE_URL,
     ImageBindAudioEmbedder,
     ImageBindImageEncoder,
-    import_imagebind,
     imagebind_checkpoint,
+    import_imagebind,
     load_imagebind_model,
     save_imagebind,
 )
