@@ -45,6 +45,8 @@ PIPELINE_TIMEOUT = int(os.environ.get("ART2MUS_TEST_PIPELINE_TIMEOUT", "4800"))
 SHARED_FIXTURES = ("pipeline_repo", "prefect_api")
 SHARED_GROUP = "pipeline"
 LATE_RANK = 3
+# The longest of those, handed out first so that neither worker ends alone on one (CI, seconds: 470, 270).
+LONGEST_LATE_GROUPS = ("e2e/test_retrain_flow", "e2e/test_lineage_audit")
 # One thread per worker: two workers share the 2-core CI machine. The stage subprocesses a worker starts
 # inherit OMP_NUM_THREADS=1, which their `threads: auto` params follow.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -101,7 +103,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         rank |= {group_name(item): LATE_RANK for item in items
                  if set(SHARED_FIXTURES) & set(getattr(item, "fixturenames", ()))}
         rank[SHARED_GROUP] = 0
-        items.sort(key=lambda item: rank.get(group_name(item), 2))
+        longest_first = {group: position for position, group in enumerate(LONGEST_LATE_GROUPS)}
+        items.sort(key=lambda item: (rank.get(group_name(item), 2),
+                                     longest_first.get(group_name(item), len(LONGEST_LATE_GROUPS))))
 
 
 def group_node_id(item: pytest.Item) -> None:
