@@ -61,7 +61,7 @@ def ingest_in_fresh_process(root: Path, out: Path, workers: int) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    sizes = [64, 128, 256] if quick else [250, 500, 1000, 2000]
+    sizes = [32, 64, 128] if quick else [250, 500, 1000, 2000]
     rows = []
     with tempfile.TemporaryDirectory(prefix="art2mus-bench-") as tmp:
         for n in sizes:

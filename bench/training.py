@@ -7,7 +7,7 @@ the model: aligner -> GPT-2 -> UNet forward, backward, gradient clipping and the
 (gathering the batch from the cache is the rest).
 
 Both paths run what the `train` stage runs (`aligner_loss`, AdamW, grad clip) on the default
-recipe: tiny backbone, tiny image encoder and `train.batch_size` (64), with 2 torch threads. The
+recipe: tiny backbone, tiny image encoder and `train.batch_size` (64), with 2 torch threads (quick: the caller's). The
 parts are untrained: a step's cost does not depend on the weights. The two paths' steps alternate,
 so machine load falls on both alike, and each part's time is its median over the timed steps.
 """
@@ -107,7 +107,8 @@ def run(quick: bool = False) -> dict:
     params = TrainParams(batch_size=batch_size)
     audio = AudioParams()
     threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
+    n_threads = threads if quick else THREADS  # quick: the caller's, so it never oversubscribes the cores
+    torch.set_num_threads(n_threads)
     try:
         with tempfile.TemporaryDirectory(prefix="art2mus-bench-") as tmp:
             logger.info("training bench: sample of %d pairs", n_artworks)
@@ -151,7 +152,7 @@ def run(quick: bool = False) -> dict:
         "pairs": n_artworks,
         "batch_size": batch_size,
         "steps_timed": n_steps,
-        "threads": THREADS,
+        "threads": n_threads,
         "precompute_seconds": precompute_seconds,
         "cached": cached,
         "encoding": encoding,
