@@ -136,9 +136,11 @@ class EvaluateParams(Section):
     fad_resamples: int = Field(200, ge=0)
     score_embedder: EncoderSpec = EncoderSpec(name="tiny")  # ImageBindScore's audio side (imagebind: AM too)
     planted_tracks: int = Field(160, ge=0)  # train tracks the sample's planted-factor estimator learns from; 0 = off
-    # Which conditionings generate music (the model always; mean and untrained are its baselines).
-    generate: list[Literal["trained", "mean", "untrained"]] = Field(
-        default_factory=lambda: ["trained", "mean", "untrained"], min_length=1)
+    # Which sets of clips are generated and scored: the model (always), its baselines mean and untrained,
+    # the oracle (the prior's own conditioning of each track: its ceiling; tiny prior only) and
+    # references_vocoded (the references through codec and vocoder: the floor every FAD reads against).
+    generate: list[Literal["trained", "mean", "untrained", "oracle", "references_vocoded"]] = Field(
+        default_factory=lambda: ["trained", "mean", "untrained", "oracle", "references_vocoded"], min_length=1)
     tagger: str = ""  # an ASTForAudioClassification (local path or hub id) for the KL; "" = KL absent
     threads: Threads = Field(AUTO, validate_default=True)
     # The text-conditioned AudioLDM2 on metadata captions (row `text_captions`): auto = when the backbone
