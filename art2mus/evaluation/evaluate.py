@@ -6,11 +6,14 @@ different priors still compare on the same items, candidates, noise, timesteps a
 
 1. correspondence: retrieval among K and the matched-vs-mismatched gap for the model, the oracle
    (the prior's own audio encoder: the ceiling), mean conditioning and untrained aligners;
-2. generation for every artwork by the model and by the mean / untrained baselines and, with the
-   real AudioLDM2, by the text-conditioned AudioLDM2 on metadata captions (`text_captions`, same
-   scheduler, steps, guidance, length and noise; reported absent with its reason otherwise), scored
-   by FAD against the paired reference tracks, ImageBindScore, the tagger KL and, on the embedded
-   sample, by an independent estimator of the planted factors;
+2. generation for every artwork by the model and by the mean / untrained baselines, by the oracle
+   (the prior's own audio conditioning of each paired track: the ceiling of what the prior can render;
+   tiny profile only, absent with its reason otherwise) and, with the real AudioLDM2, by the
+   text-conditioned AudioLDM2 on metadata captions (`text_captions`, same scheduler, steps, guidance,
+   length and noise; absent with its reason otherwise), scored by FAD against the paired reference
+   tracks, ImageBindScore, the tagger KL and, on the embedded sample, by an independent estimator of
+   the planted factors; the references themselves through the codec and vocoder (`references_vocoded`)
+   are scored the same way: the floor every FAD reads against;
 3. per-item scores (the promotion decision pairs them across models), metrics, plots, the report.
 """
 
@@ -39,7 +42,7 @@ from art2mus.evaluation.correspondence import (
 )
 from art2mus.evaluation.embedders import embed_waveforms, load_frame_embedder, metric_name
 from art2mus.evaluation.fad import fad_sets
-from art2mus.evaluation.planted import MUSIC_FACTORS, VOCODE_BATCH, fit_factor_estimator
+from art2mus.evaluation.planted import MUSIC_FACTORS, VOCODE_BATCH, fit_factor_estimator, vocoded
 from art2mus.evaluation.report import MetricRow, ReportItem, write_report
 from art2mus.evaluation.scores import image_bind_score_of, kl_score
 from art2mus.generation import open_image, resolve_model_dir, write_wav
@@ -47,7 +50,7 @@ from art2mus.io import atomic_path, read_json, read_table, write_json_atomic
 from art2mus.models.aligner import ImageAligner
 from art2mus.models.audio import log_mel, mel_transform, model_crop, read_mono
 from art2mus.models.encoders import load_audio_embedder
-from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig
+from art2mus.models.pipeline import Art2MusPipeline, GenerationConfig, trimmed
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,9 @@ PER_ITEM_FILE = "per_item.parquet"
 PLOTS_DIR = "plots"
 GENERATED_DIR = "generated"
 REPORT_DIR = "report"
-GENERATING = ("trained", "mean", "untrained")  # conditionings that generate (the oracle has no image)
+GENERATING = ("trained", "mean", "untrained", "oracle")  # conditionings that generate music from tokens
+ORACLE = "oracle"
+REFERENCES_VOCODED = "references_vocoded"  # the references through codec and vocoder: the FAD floor
 
 
 @dataclass
@@ -127,6 +132,25 @@ def baseline_tokens(aligner: ImageAligner, embeds: torch.Tensor, seed: int) -> d
     tokens = aligner(embeds)
     return {"trained": tokens, "mean": tokens.mean(0, keepdim=True).expand_as(tokens).contiguous(),
             "untrained": untrained_aligner(aligner, seed)(embeds)}
+
+
+@torch.no_grad()
+def oracle_tokens(pipeline: Art2MusPipeline, latents: torch.Tensor) -> torch.Tensor | None:
+    """The prior's own conditioning of each reference latent (None when the prior has no audio encoder)."""
+    encoder = pipeline.backbone.audio_encoder
+    return None if encoder is None else encoder(latents.to(pipeline.device))
+
+
+def oracle_absent(pipeline: Art2MusPipeline) -> str:
+    return (f"the prior ({pipeline.info.get('prior') or 'unknown'}) has no audio encoder to condition on a track; "
+            "only the tiny prior is trained with one")
+
+
+@torch.no_grad()
+def references_vocoded(pipeline: Art2MusPipeline, references: list[np.ndarray], audio: AudioParams) -> list[np.ndarray]:
+    """The reference crops through the model's codec round trip and vocoder, trimmed like generated clips."""
+    samples = len(references[0])
+    return [wave for batch in vocoded(references, pipeline.backbone, audio) for wave in trimmed(batch, samples)]
 
 
 @torch.no_grad()
@@ -241,6 +265,8 @@ def comparison_table(metrics: dict[str, Any], fad_name: str) -> list[MetricRow]:
     for model, generated in metrics["generation"].items():
         if model not in metrics["correspondence"]:
             rows.append(MetricRow(model=model, metrics=generation_cells(generated, fad_name)))
+    for model, reason in metrics.get("generation_absent", {}).items():
+        rows.append(MetricRow(model=model, metrics={fad_name: metric_cell(None, f"absent: {reason}")}))
     captions = metrics.get("caption_baseline", {})
     if captions.get("status") == "absent":
         rows.append(MetricRow(model=CAPTION_BASELINE,
@@ -273,10 +299,19 @@ def evaluate_model(pipeline: Art2MusPipeline, data: SplitData, params: Params, o
                                   seconds=config.seconds, seed=config.seed, batch_size=config.batch_size)
     logger.info("evaluate: generating %d clips for each of %s", n, ", ".join(config.generate))
     tokens = baseline_tokens(pipeline.aligner, embeds, config.untrained_seeds[0])
-    generated = {name: pipeline.render(tokens[name], generation) for name in GENERATING if name in config.generate}
+    absent: dict[str, str] = {}
+    oracle = oracle_tokens(pipeline, latents) if ORACLE in config.generate else None
+    if oracle is not None:
+        tokens[ORACLE] = oracle
+    elif ORACLE in config.generate:
+        absent[ORACLE] = oracle_absent(pipeline)
+    generated = {name: pipeline.render(tokens[name], generation) for name in GENERATING if name in tokens
+                 and name in config.generate}
     caption_waves, captions = caption_baseline(pipeline, pairs, config, generation)
     if caption_waves is not None:
         generated[CAPTION_BASELINE] = caption_waves
+    if REFERENCES_VOCODED in config.generate:
+        generated[REFERENCES_VOCODED] = references_vocoded(pipeline, references, audio)
     metrics: dict[str, Any] = {
         "split": config.split, "items": n, "k": config.k, "draws": config.draws, "seed": config.seed,
         "model": {key: pipeline.info.get(key) for key in ("weights_sha256", "prior", "image_encoder_id")},
@@ -285,6 +320,8 @@ def evaluate_model(pipeline: Art2MusPipeline, data: SplitData, params: Params, o
                        for name, waves in generated.items()},
         "caption_baseline": captions,
     }
+    if absent:
+        metrics["generation_absent"] = absent
     if planted is not None and config.planted_tracks > 0:
         chosen = np.sort(np.random.default_rng(config.seed).permutation(len(planted.train.track_paths))
                          [: config.planted_tracks])

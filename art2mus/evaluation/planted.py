@@ -11,6 +11,7 @@ the music, not the vocoder's artefacts. Nothing of the prior's UNet, GPT-2 or th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,15 +59,18 @@ def clip_features(log_mels: torch.Tensor) -> np.ndarray:
 VOCODE_BATCH = 16  # clips per codec round trip and vocoder call (160 at once at 10.24 s would not fit)
 
 
-def vocoded_log_mels(waves: list[np.ndarray], backbone: Backbone, audio: AudioParams) -> torch.Tensor:
-    """Real clips rendered the way generated ones are (codec round trip, vocoder), then analysed again."""
+@torch.no_grad()
+def vocoded(waves: list[np.ndarray], backbone: Backbone, audio: AudioParams) -> Iterator[torch.Tensor]:
+    """Real clips rendered the way generated ones are (codec round trip, vocoder): [B, samples] per batch."""
     transform = mel_transform(audio)
-    rendered: list[np.ndarray] = []
-    with torch.no_grad():
-        for start in range(0, len(waves), VOCODE_BATCH):
-            mels = log_mel(torch.from_numpy(np.stack(waves[start: start + VOCODE_BATCH])), audio, transform)
-            audio_out = backbone.vocoder(backbone.codec.decode_in_range(backbone.codec.encode(mels.to(backbone.device))))
-            rendered += list(audio_out.float().cpu().numpy())
+    for start in range(0, len(waves), VOCODE_BATCH):
+        mels = log_mel(torch.from_numpy(np.stack(waves[start: start + VOCODE_BATCH])), audio, transform)
+        yield backbone.vocoder(backbone.codec.decode_in_range(backbone.codec.encode(mels.to(backbone.device))))
+
+
+def vocoded_log_mels(waves: list[np.ndarray], backbone: Backbone, audio: AudioParams) -> torch.Tensor:
+    """Real clips rendered the way generated ones are, then analysed again."""
+    rendered = [wave for batch in vocoded(waves, backbone, audio) for wave in batch.float().cpu().numpy()]
     return analysed_log_mels(rendered, audio)
 
 

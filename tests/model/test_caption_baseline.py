@@ -273,7 +273,8 @@ def test_evaluation_scores_the_caption_baseline_like_the_other_rows(
     evaluation = evaluate_model(real_pipeline, split, params, tmp_path / "evaluate")
     metrics = json.loads((tmp_path / "evaluate" / METRICS_FILE).read_text())
     assert metrics["caption_baseline"]["status"] == "present"
-    assert set(metrics["generation"]) == {"trained", "mean", "untrained", CAPTION_BASELINE}
+    assert set(metrics["generation"]) == {"trained", "mean", "untrained", CAPTION_BASELINE, "references_vocoded"}
+    assert "no audio encoder" in metrics["generation_absent"]["oracle"]  # AudioLDM2: no oracle to generate from
     captions = metrics["generation"][CAPTION_BASELINE]
     assert captions["fad_spectral"]["name"] == "fad_spectral" and captions["fad_spectral"]["value"] > 0
     assert -1 <= captions["imagebind_score"]["mm"]["value"] <= 1 and captions["kl"]["status"] == "absent"

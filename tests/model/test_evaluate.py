@@ -22,10 +22,13 @@ from art2mus.evaluation.evaluate import (
     PlantedFactors,
     SplitData,
     decision_scores,
+    encode_latents,
     evaluate_model,
+    reference_crops,
+    references_vocoded,
 )
 from art2mus.evaluation.planted import MUSIC_FACTORS
-from art2mus.models.pipeline import Art2MusPipeline
+from art2mus.models.pipeline import Art2MusPipeline, trimmed
 from tests.tiny_model import build_tiny_model
 
 EVALUATE = {"k": 4, "draws": 2, "untrained_seeds": [1], "steps": 3, "fad_resamples": 10, "report_items": 2,
@@ -63,7 +66,8 @@ def test_every_conditioning_is_scored(evaluated) -> None:
     evaluation, _ = evaluated
     metrics = evaluation.metrics
     assert set(metrics["correspondence"]) == {"trained", "mean", "untrained", "oracle"}
-    assert set(metrics["generation"]) == {"trained", "mean", "untrained"}
+    assert set(metrics["generation"]) == {"trained", "mean", "untrained", "oracle", "references_vocoded"}
+    assert "generation_absent" not in metrics  # the tiny prior has an audio encoder: the oracle generates
     for result in metrics["correspondence"].values():
         top1 = result["retrieval_top1"]
         assert 0 <= top1["low"] <= top1["value"] <= top1["high"] <= 1
@@ -118,3 +122,44 @@ def test_decision_scores_equal_the_full_evaluation(sample: Path, evaluated, tmp_
     pipeline = Art2MusPipeline.from_pretrained(build_tiny_model(tmp_path))
     scores = decision_scores(pipeline, split_of(sample, slice(0, 10)), Params(evaluate=EVALUATE))
     pd.testing.assert_frame_equal(scores, evaluation.per_item)
+
+
+def test_the_oracle_and_the_fad_floor_are_rows_like_the_model(evaluated) -> None:
+    evaluation, out = evaluated
+    generation = evaluation.metrics["generation"]
+    for name in ("oracle", "references_vocoded"):
+        assert generation[name]["fad_spectral"]["value"] > 0
+        assert set(generation[name]["planted"]) == set(MUSIC_FACTORS)
+        assert -1 <= generation[name]["imagebind_score"]["mm"]["value"] <= 1
+    rows = {row.model: row.metrics for row in evaluation.table}
+    assert {"retrieval_top1", "fad_spectral", "planted_register"} <= set(rows["oracle"])  # one row, both halves
+    assert "retrieval_top1" not in rows["references_vocoded"] and "planted_timbre" in rows["references_vocoded"]
+    # The floor is the references themselves, so it sits far below clips generated from an image.
+    assert generation["references_vocoded"]["fad_spectral"]["value"] < generation["mean"]["fad_spectral"]["value"]
+    html = (out / REPORT_DIR / "index.html").read_text()
+    assert "references_vocoded" in html and "oracle" in html
+
+
+def test_the_fad_floor_is_the_references_through_codec_and_vocoder(sample: Path, tmp_path: Path) -> None:
+    pipeline = Art2MusPipeline.from_pretrained(build_tiny_model(tmp_path))
+    data = split_of(sample, slice(0, 3))
+    references = reference_crops(data.track_paths, AudioParams())
+    floor = references_vocoded(pipeline, references, AudioParams())
+    assert [len(wave) for wave in floor] == [len(wave) for wave in references]
+    assert all(wave.dtype == np.float32 and np.abs(wave).max() <= 0.99 + 1e-6 for wave in floor)
+    # What a generated clip goes through after sampling: the same codec round trip and vocoder, batch for batch.
+    latents = encode_latents(pipeline, references, AudioParams())
+    rendered = pipeline.backbone.vocoder(pipeline.backbone.codec.decode_in_range(latents.to(pipeline.device)))
+    np.testing.assert_allclose(np.stack(floor), np.stack(trimmed(rendered, len(references[0]))), atol=1e-5)
+
+
+def test_without_an_audio_encoder_the_oracle_row_is_absent_with_its_reason(sample: Path, tmp_path: Path) -> None:
+    pipeline = Art2MusPipeline.from_pretrained(build_tiny_model(tmp_path))
+    pipeline.backbone.audio_encoder = None  # as the real AudioLDM2 prior: no track -> conditioning encoder
+    params = Params(evaluate={**EVALUATE, "planted_tracks": 0, "generate": ["trained", "oracle"]})
+    evaluation = evaluate_model(pipeline, split_of(sample, slice(0, 6)), params, tmp_path / "out")
+    assert set(evaluation.metrics["generation"]) == {"trained"}
+    assert "no audio encoder" in evaluation.metrics["generation_absent"]["oracle"]
+    row = next(row for row in evaluation.table if row.model == "oracle")
+    assert row.metrics["fad_spectral"]["value"] is None and row.metrics["fad_spectral"]["note"].startswith("absent")
+    assert "no audio encoder" in (tmp_path / "out" / REPORT_DIR / "index.html").read_text()
