@@ -112,7 +112,8 @@ def open_image(path: Path):
 
 def output_names(paths: list[Path]) -> list[str]:
     """`<stem>.wav` per image, numbered when two images share a stem."""
-    names, seen = [], {}
+    names: list[str] = []
+    seen: dict[str, int] = {}
     for path in paths:
         count = seen.get(path.stem, 0)
         seen[path.stem] = count + 1

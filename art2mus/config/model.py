@@ -12,6 +12,14 @@ from art2mus.config.captions import template_parts
 from art2mus.config.data import EncoderSpec
 from art2mus.config.profiles import AUTO, Threads
 
+# The sets of clips evaluate generates and scores (EvaluateParams.generate).
+ClipSet = Literal["trained", "mean", "untrained", "oracle", "references_vocoded"]
+
+
+def all_clip_sets() -> list[ClipSet]:
+    """Every set of clips evaluate can generate: evaluate.generate's default."""
+    return ["trained", "mean", "untrained", "oracle", "references_vocoded"]
+
 
 class TinyBackboneParams(Section):
     """Sizes of the tiny AudioLDM2 (the prototype's, learnability-notes.md)."""
@@ -139,8 +147,7 @@ class EvaluateParams(Section):
     # Which sets of clips are generated and scored: the model (always), its baselines mean and untrained,
     # the oracle (the prior's own conditioning of each track: its ceiling; tiny prior only) and
     # references_vocoded (the references through codec and vocoder: the floor every FAD reads against).
-    generate: list[Literal["trained", "mean", "untrained", "oracle", "references_vocoded"]] = Field(
-        default_factory=lambda: ["trained", "mean", "untrained", "oracle", "references_vocoded"], min_length=1)
+    generate: list[ClipSet] = Field(default_factory=all_clip_sets, min_length=1)
     tagger: str = ""  # an ASTForAudioClassification (local path or hub id) for the KL; "" = KL absent
     threads: Threads = Field(AUTO, validate_default=True)
     # The text-conditioned AudioLDM2 on metadata captions (row `text_captions`): auto = when the backbone

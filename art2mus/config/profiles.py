@@ -58,7 +58,8 @@ def resolve_profile(raw: dict) -> dict:
     """A copy of raw params with every `auto` (or absent) profile-dependent key set to the profile's value."""
     backbone = raw.get("backbone")
     if isinstance(backbone, BaseModel):
-        profile = backbone.profile
+        # BackboneParams, built in code (not imported: config.model imports this module)
+        profile = getattr(backbone, "profile", "tiny")
     else:
         profile = (backbone or {}).get("profile", "tiny") if isinstance(backbone, dict) else "tiny"
     defaults = PROFILE_DEFAULTS.get(profile)

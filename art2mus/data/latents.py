@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from art2mus.config import AudioParams
@@ -75,8 +77,6 @@ def cached_rows(cache: Path) -> dict[str, tuple[str, int, str]]:
 
 def write_shard(cache: Path, keys: list[str], means: list[torch.Tensor], stds: list[torch.Tensor]) -> dict:
     """One shard of posteriors, named by its contents; returns key -> (shard, row, sha256)."""
-    from safetensors.torch import save_file
-
     digests = [row_sha256(mean, std) for mean, std in zip(means, stds)]
     name = "shard-" + hashlib.sha256(json.dumps([keys, digests]).encode()).hexdigest()[:24] + ".safetensors"
     with atomic_path(cache / name) as tmp:
@@ -101,7 +101,11 @@ def compute_latents(
             first_of_key.setdefault(key, i)  # identical files share one latent
     missing = list(first_of_key.values())
     transform = mel_transform(audio)
-    failed, pending = [], ([], [], [])  # pending: keys, means, stds not yet in a shard
+    failed: list[dict[str, str]] = []
+    # Posteriors computed but not yet in a shard.
+    pending_keys: list[str] = []
+    pending_means: list[torch.Tensor] = []
+    pending_stds: list[torch.Tensor] = []
     bar = tqdm(total=len(missing), desc="latents", unit="track", disable=quiet, leave=False)
     for start in range(0, len(missing), batch_size):
         rows, mels = [], []
@@ -115,12 +119,14 @@ def compute_latents(
             with torch.no_grad():
                 means, stds = backbone.codec.encode_distribution(torch.stack(mels))
             for i, mean, std in zip(rows, means.float().cpu(), stds.float().cpu()):
-                for part, item in zip(pending, (keys[i], mean.clone(), std.clone())):
-                    part.append(item)
+                pending_keys.append(keys[i])
+                pending_means.append(mean.clone())
+                pending_stds.append(std.clone())
         last = start + batch_size >= len(missing)
-        while len(pending[0]) >= shard_rows or (last and pending[0]):
-            located.update(write_shard(cache, *(part[:shard_rows] for part in pending)))
-            pending = tuple(part[shard_rows:] for part in pending)
+        while len(pending_keys) >= shard_rows or (last and pending_keys):
+            located.update(write_shard(cache, pending_keys[:shard_rows], pending_means[:shard_rows],
+                                       pending_stds[:shard_rows]))
+            del pending_keys[:shard_rows], pending_means[:shard_rows], pending_stds[:shard_rows]
         bar.update(len(missing[start: start + batch_size]))
     bar.close()
     failed_keys = {item["key"]: item["reason"] for item in failed}
@@ -161,7 +167,7 @@ class LatentPosteriors:
 
     def __init__(self, cache: Path, shards: list[str], rows: list[int]) -> None:
         self.cache, self.shards, self.rows = Path(cache), list(shards), [int(row) for row in rows]
-        self._handles: dict[str, object] = {}
+        self._handles: dict[str, safe_open] = {}
 
     @classmethod
     def from_index(cls, out_dir: Path, index: pd.DataFrame) -> LatentPosteriors:
@@ -179,8 +185,6 @@ class LatentPosteriors:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from safetensors import SafetensorError, safe_open
-
         shard, row = self.shards[i], self.rows[i]
         try:
             if shard not in self._handles:

@@ -60,13 +60,7 @@ def pairs_from_file(
     reasons[(reasons == "") & given.duplicated("track_id", keep="first")] = "track already paired earlier in the file"
     check_last_row_not_cut(Path(params.pairs_file), reasons)
     dropped = given[reasons != ""].assign(reason=reasons[reasons != ""]).reset_index(drop=True)
-    kept = given[reasons == ""]
-    pairs = kept.merge(artworks[["artwork_id", "artist", "style", "genre"]], on="artwork_id", how="left").merge(
-        tracks[["track_id", "genre_top", "license"]].rename(columns={"genre_top": "track_genre_top"}),
-        on="track_id", how="left",
-    )
-    pairs = pairs[list(PAIR_COLUMNS)].sort_values("artwork_id").reset_index(drop=True)
-    return pairs.astype({c: "string" for c, kind in PAIR_COLUMNS.items() if kind == "string"}), dropped
+    return join_manifests(given[reasons == ""], artworks, tracks), dropped
 
 
 FEATURES_DIR = "data/features"  # where the features stage writes embeddings (features.out_dir)
@@ -90,20 +84,20 @@ def pairs_by_similarity(
     """One-to-one pairs by cross-modal cosine of the features stage's embeddings; returns (pairs, dropped)."""
     from art2mus.features import load_embeddings  # torch: only when pairing by similarity
 
-    image_ids, image_emb, image_encoder, image_space = load_embeddings(Path(features_dir), "image")
-    audio_ids, audio_emb, audio_encoder, audio_space = load_embeddings(Path(features_dir), "audio")
-    image_emb, audio_emb = np.asarray(image_emb, dtype=np.float32), np.asarray(audio_emb, dtype=np.float32)
-    image_ids = pd.Series(image_ids, dtype="string")
-    audio_ids = pd.Series(audio_ids).astype("int64")
+    image = load_embeddings(Path(features_dir), "image")
+    audio = load_embeddings(Path(features_dir), "audio")
+    image_emb, audio_emb = np.asarray(image.matrix, dtype=np.float32), np.asarray(audio.matrix, dtype=np.float32)
+    image_ids = pd.Series(image.ids, dtype="string")
+    audio_ids = pd.Series(audio.ids).astype("int64")
     image_rows = image_ids.isin(artworks["artwork_id"]).to_numpy()
     audio_rows = audio_ids.isin(tracks["track_id"]).to_numpy()
     logger.info("pair: similarity of %s (%s) and %s (%s) embeddings from %s; %d image and %d audio "
                 "embedding(s) of items not in the manifests ignored; %d manifest track(s) without one",
-                image_encoder, image_space, audio_encoder, audio_space, features_dir, int((~image_rows).sum()),
-                int((~audio_rows).sum()), int((~tracks["track_id"].isin(audio_ids)).sum()))
+                image.encoder_id, image.shared_space, audio.encoder_id, audio.shared_space, features_dir,
+                int((~image_rows).sum()), int((~audio_rows).sum()), int((~tracks["track_id"].isin(audio_ids)).sum()))
     result = pair_by_similarity(
         image_ids[image_rows].tolist(), image_emb[image_rows], audio_ids[audio_rows].tolist(), audio_emb[audio_rows],
-        image_space, audio_space, params.similarity,
+        image.shared_space, audio.shared_space, params.similarity,
     )
     logger.info("pair: similarity report %s", json.dumps(result.report))
     missing = artworks.loc[~artworks["artwork_id"].isin(image_ids), ["artwork_id"]]

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,8 @@ SEQUENTIAL_BIDDERS = 8
 RANDOM_PAIRS = 10_000  # random artwork-track pairs sampled for the report's baseline similarity
 REPORT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 SEED = 0
+
+Ids = Sequence[Any] | np.ndarray  # one side's item ids, row by row: artwork ids (str) or track ids (int)
 
 
 class SimilarityPairingError(Art2MusError):
@@ -100,7 +103,7 @@ def check_shared_space(image_space: str | None, audio_space: str | None) -> str:
     return image_space
 
 
-def unit_rows(ids: Sequence, embeddings: np.ndarray, kind: str) -> np.ndarray:
+def unit_rows(ids: Ids, embeddings: np.ndarray, kind: str) -> np.ndarray:
     """L2-normalised float32 copy of a (len(ids), dim) embedding matrix, after checking it."""
     ids = np.asarray(ids, dtype=object)
     matrix = np.asarray(embeddings)
@@ -129,6 +132,12 @@ def unit_rows(ids: Sequence, embeddings: np.ndarray, kind: str) -> np.ndarray:
         )
     matrix /= norms[:, None]
     return matrix
+
+
+def empty_assignment() -> Assignment:
+    """The assignment when one side has no items: no pairs."""
+    return Assignment(artwork_index=np.empty(0, np.int64), track_index=np.empty(0, np.int64),
+                      similarity=np.empty(0, np.float64), is_top1=np.empty(0, bool), method="dense", candidate_edges=0)
 
 
 def dense_assignment(image_unit: np.ndarray, audio_unit: np.ndarray) -> Assignment:
@@ -334,9 +343,9 @@ def quality_report(
 
 
 def pair_by_similarity(
-    image_ids: Sequence,
+    image_ids: Ids,
     image_emb: np.ndarray,
-    audio_ids: Sequence,
+    audio_ids: Ids,
     audio_emb: np.ndarray,
     image_space: str | None,
     audio_space: str | None,
@@ -359,8 +368,7 @@ def pair_by_similarity(
         )
     n_images, n_tracks = len(image_unit), len(audio_unit)
     if n_images == 0 or n_tracks == 0:
-        empty = (np.empty(0, dtype) for dtype in (np.int64, np.int64, np.float64, bool))
-        assignment = Assignment(*empty, method="dense", candidate_edges=0)
+        assignment = empty_assignment()
     elif n_images <= params.dense_max and n_tracks <= params.dense_max:
         assignment = dense_assignment(image_unit, audio_unit)
     else:
@@ -384,9 +392,9 @@ def pair_by_similarity(
 
 
 def assign_pairs(
-    image_ids: Sequence,
+    image_ids: Ids,
     image_emb: np.ndarray,
-    audio_ids: Sequence,
+    audio_ids: Ids,
     audio_emb: np.ndarray,
     image_space: str | None,
     audio_space: str | None,
