@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Set
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -158,10 +158,10 @@ def examine_files(
     for task in tasks:
         digest = cache.known_hash(task.path, stats[task.path])
         probe = cache.known_probe(task.kind, digest) if digest else None
-        if probe is None:
-            pending.append(task)
-        else:
+        if digest and probe is not None:
             found[task.path] = (digest, probe)
+        else:
+            pending.append(task)
     for task, (digest, probe) in zip(pending, pool.map(examine_file, pending, "ingest", quiet)):
         cache.remember_hash(task.path, stats[task.path], digest)
         cache.remember_probe(task.kind, digest, probe)
@@ -202,7 +202,7 @@ def match_files(
 
 
 def files_without_metadata(
-    source: str, on_disk: Iterable[str], referenced: set[str], ignored: set[str] = frozenset()
+    source: str, on_disk: Iterable[str], referenced: Set[str], ignored: Set[str] = frozenset()
 ) -> list[Quarantined]:
     return [
         Quarantined(source, "", printable_name(path), "file has no metadata row")
@@ -242,46 +242,60 @@ def conform(frame: pd.DataFrame, columns: dict[str, str], extras: bool) -> pd.Da
     return frame
 
 
+@dataclass(frozen=True)
+class MediaFolder:
+    """A source's folder of media files and how they join its metadata rows."""
+
+    source: str
+    folder: str  # relative to the source's root
+    id_column: str
+    kind: str  # image | audio: which probe examines the files
+    fields: tuple[str, ...]  # what the probe adds to each row
+    ignored: frozenset[str] = frozenset()  # file names in the folder that are not items
+
+
+def probe_folder(
+    media: MediaFolder, root: Path, metadata: pd.DataFrame, quarantined: list[Quarantined],
+    cache: ProbeCache, pool: WorkerPool, quiet: bool, work: dict[str, int],
+) -> tuple[pd.DataFrame, list[Quarantined]]:
+    """Metadata rows with their files' probed fields, and every item set aside (the metadata's own included)."""
+    prefix = media.folder + "/"
+    on_disk = {prefix + path for path in list_files(root / media.folder)}
+    referenced = set(metadata["path"]) | {item.path for item in quarantined}
+    ignored = {prefix + name for name in media.ignored}
+    unlisted = files_without_metadata(media.source, sorted(on_disk), referenced, ignored)
+    metadata, tasks, missing = match_files(media.source, root, metadata, media.id_column, on_disk, media.kind)
+    probes = examine_files(tasks, cache, pool, quiet, work)
+    rows, undecodable = attach_probes(media.source, metadata, media.id_column, probes, list(media.fields))
+    return rows, quarantined + unlisted + missing + undecodable
+
+
 def ingest_artgraph(root: Path, params: IngestParams, cache: ProbeCache, pool: WorkerPool, quiet: bool,
-                    work: dict[str, int]):
+                    work: dict[str, int]) -> tuple[pd.DataFrame, list[Quarantined]]:
     """Artworks manifest rows and quarantined items of one ArtGraph export."""
     metadata, quarantined = artgraph.read_artgraph_metadata(root, params.artgraph)
     images_dir = root / params.artgraph.images_dir
     if not images_dir.is_dir():
         raise IngestError(f"{images_dir}: images folder not found")
-    prefix = params.artgraph.images_dir + "/"
-    on_disk = {prefix + path for path in list_files(images_dir)}
-    referenced = set(metadata["path"]) | {item.path for item in quarantined}
-    quarantined += files_without_metadata(artgraph.SOURCE, sorted(on_disk), referenced)
-    metadata, tasks, missing = match_files(artgraph.SOURCE, root, metadata, "artwork_id", on_disk, "image")
-    quarantined += missing
-    probes = examine_files(tasks, cache, pool, quiet, work)
-    fields = ["sha256", "bytes", "width", "height", "mode", "format"]
-    artworks, undecodable = attach_probes(artgraph.SOURCE, metadata, "artwork_id", probes, fields)
-    artworks = conform(artworks.sort_values("artwork_id"), ARTWORK_COLUMNS, extras=True)
-    return artworks, quarantined + undecodable
+    media = MediaFolder(artgraph.SOURCE, params.artgraph.images_dir, "artwork_id", "image",
+                        ("sha256", "bytes", "width", "height", "mode", "format"))
+    artworks, quarantined = probe_folder(media, root, metadata, quarantined, cache, pool, quiet, work)
+    return conform(artworks.sort_values("artwork_id"), ARTWORK_COLUMNS, extras=True), quarantined
 
 
 def ingest_fma(root: Path, params: IngestParams, cache: ProbeCache, pool: WorkerPool, quiet: bool,
-               work: dict[str, int]):
+               work: dict[str, int]) -> tuple[pd.DataFrame, list[Quarantined]]:
     """Tracks manifest rows and quarantined items of one FMA copy."""
     tracks, quarantined = fma.read_fma_tracks(root, params.fma)
     fma.read_fma_genres(root)  # the layout requires it; a missing or malformed one is fatal
     audio_dir = root / fma.audio_dir_name(params.fma)
     if not audio_dir.is_dir():
         raise IngestError(f"{audio_dir}: audio folder not found (ingest.fma.size = {params.fma.size!r})")
-    prefix = fma.audio_dir_name(params.fma) + "/"
-    on_disk = {prefix + path for path in list_files(audio_dir)}
-    referenced = set(tracks["path"]) | {item.path for item in quarantined}
-    ignored = {prefix + name for name in fma.NON_TRACK_FILES}
-    quarantined += files_without_metadata(fma.SOURCE, sorted(on_disk), referenced, ignored)
-    tracks, tasks, missing = match_files(fma.SOURCE, root, tracks, "track_id", on_disk, "audio")
-    quarantined += missing
-    probes = examine_files(tasks, cache, pool, quiet, work)
-    fields = ["sha256", "bytes", "duration", "sample_rate", "channels", "frames"]
-    tracks, undecodable = attach_probes(fma.SOURCE, tracks, "track_id", probes, fields)
-    tracks = conform(tracks.sort_values("track_id"), TRACK_COLUMNS, extras=False)
-    return tracks, quarantined + undecodable
+    media = MediaFolder(fma.SOURCE, fma.audio_dir_name(params.fma), "track_id", "audio",
+                        ("sha256", "bytes", "duration", "sample_rate", "channels", "frames"),
+                        frozenset(fma.NON_TRACK_FILES))
+    tracks, quarantined = probe_folder(media, root, tracks, quarantined, cache, pool, quiet, work)
+    return conform(tracks.sort_values("track_id"), TRACK_COLUMNS, extras=False), quarantined
 
 
 def quarantine_table(items: list[Quarantined]) -> pd.DataFrame:
