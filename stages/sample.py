@@ -3,7 +3,7 @@
 DVC runs `python -m stages.sample`; the stage's body is art2mus.stages.sample.run (the library)."""
 
 from art2mus.config import PARAMS_FILE
-from art2mus.stage import run_stage
+from art2mus.stages import run_stage
 from art2mus.stages.sample import run
 from art2mus.tracking import stage_run
 

@@ -3,7 +3,7 @@
 DVC runs `python -m stages.validate_raw`; the stage's body is art2mus.stages.validate_raw.run (the library)."""
 
 from art2mus.config import PARAMS_FILE
-from art2mus.stage import run_stage
+from art2mus.stages import run_stage
 from art2mus.stages.validate_raw import run
 from art2mus.tracking import stage_run
 
