@@ -10,27 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from art2mus.storage import (
-    S3Settings,
-    S3Store,
-    StorageError,
-    Transfer,
-    check_bucket,
-    download_file,
-    ensure_bucket,
-    list_keys,
-    s3_store,
-    upload_file,
-)
+from art2mus import storage
 from infra.local.stack import Service, free_ports, s3_credentials, start_s3, stop_service
 
 BUCKET = "storage-tests"
-QUICK = Transfer(max_attempts=2, connect_timeout=2, read_timeout=20, multipart_threshold=5 << 20,
-                 multipart_chunksize=5 << 20)
+QUICK = storage.Transfer(max_attempts=2, connect_timeout=2, read_timeout=20, multipart_threshold=5 << 20,
+                         multipart_chunksize=5 << 20)
 
 
 @pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, S3Settings]]:
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, storage.S3Settings]]:
     """A SeaweedFS with the module's own key pair; its process group is killed at the end."""
     state_dir = tmp_path_factory.mktemp("seaweed")
     saved = {key: os.environ.pop(key, None) for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
@@ -40,86 +29,87 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service,
     finally:
         os.environ.update({key: value for key, value in saved.items() if value is not None})
     try:
-        yield service, S3Settings(f"http://127.0.0.1:{service.ports['s3']}", access_key=access, secret_key=secret)
+        yield service, storage.S3Settings(f"http://127.0.0.1:{service.ports['s3']}", access_key=access, secret_key=secret)
     finally:
         stop_service(service)
 
 
 @pytest.fixture()
-def store(seaweed: tuple[Service, S3Settings]) -> S3Store:
-    made = s3_store(seaweed[1], QUICK)
-    ensure_bucket(made, BUCKET)
+def store(seaweed: tuple[Service, storage.S3Settings]) -> storage.S3Store:
+    made = storage.s3_store(seaweed[1], QUICK)
+    storage.ensure_bucket(made, BUCKET)
     return made
 
 
-def test_a_file_round_trips_with_its_checksum(store: S3Store, tmp_path: Path) -> None:
+def test_a_file_round_trips_with_its_checksum(store: storage.S3Store, tmp_path: Path) -> None:
     source = tmp_path / "clip.bin"
     source.write_bytes(os.urandom(4096))
-    digest = upload_file(store, source, BUCKET, "round/clip.bin")
+    digest = storage.upload_file(store, source, BUCKET, "round/clip.bin")
     assert digest == hashlib.sha256(source.read_bytes()).hexdigest()
-    assert download_file(store, BUCKET, "round/clip.bin", tmp_path / "back" / "clip.bin") == digest
+    assert storage.download_file(store, BUCKET, "round/clip.bin", tmp_path / "back" / "clip.bin") == digest
     assert (tmp_path / "back" / "clip.bin").read_bytes() == source.read_bytes()
-    assert list_keys(store, BUCKET, "round/") == ["round/clip.bin"]
-    assert ensure_bucket(store, BUCKET) is False  # already there: nothing created
+    assert storage.list_keys(store, BUCKET, "round/") == ["round/clip.bin"]
+    assert storage.ensure_bucket(store, BUCKET) is False  # already there: nothing created
 
 
-def test_a_large_file_goes_up_in_parts(store: S3Store, tmp_path: Path) -> None:
+def test_a_large_file_goes_up_in_parts(store: storage.S3Store, tmp_path: Path) -> None:
     source = tmp_path / "large.bin"
     source.write_bytes(os.urandom(11 << 20))  # 11 MiB with 5 MiB parts: three parts
-    digest = upload_file(store, source, BUCKET, "large.bin")
+    digest = storage.upload_file(store, source, BUCKET, "large.bin")
     etag = store.client.head_object(Bucket=BUCKET, Key="large.bin")["ETag"].strip('"')
     assert etag.endswith("-3"), etag  # a multipart upload's ETag counts its parts
-    assert download_file(store, BUCKET, "large.bin", tmp_path / "large.back") == digest
+    assert storage.download_file(store, BUCKET, "large.bin", tmp_path / "large.back") == digest
 
 
-def test_a_checksum_mismatch_fails_and_leaves_no_file(store: S3Store, tmp_path: Path) -> None:
+def test_a_checksum_mismatch_fails_and_leaves_no_file(store: storage.S3Store, tmp_path: Path) -> None:
     source = tmp_path / "weights.bin"
     source.write_bytes(b"the real weights")
-    upload_file(store, source, BUCKET, "weights.bin")
+    storage.upload_file(store, source, BUCKET, "weights.bin")
     # The object changes behind the recorded checksum (bit rot, a writer that skipped the metadata).
     recorded = store.client.head_object(Bucket=BUCKET, Key="weights.bin")["Metadata"]
     store.client.put_object(Bucket=BUCKET, Key="weights.bin", Body=b"other weights!!!", Metadata=recorded)
     target = tmp_path / "out" / "weights.bin"
-    with pytest.raises(StorageError, match=r"s3://storage-tests/weights.bin at http://127.0.0.1:\d+: checksum mismatch"):
-        download_file(store, BUCKET, "weights.bin", target)
+    with pytest.raises(storage.StorageError, match=r"s3://storage-tests/weights.bin at http://127.0.0.1:\d+: checksum mismatch"):
+        storage.download_file(store, BUCKET, "weights.bin", target)
     assert not target.exists() and list(target.parent.iterdir()) == []  # no partial file either
 
 
-def test_a_missing_bucket_is_named(store: S3Store, tmp_path: Path) -> None:
+def test_a_missing_bucket_is_named(store: storage.S3Store, tmp_path: Path) -> None:
     source = tmp_path / "a.txt"
     source.write_text("a")
-    with pytest.raises(StorageError, match=r"bucket 'no-such-bucket' does not exist at http://127.0.0.1:\d+"):
-        check_bucket(store, "no-such-bucket")
-    with pytest.raises(StorageError, match=r"bucket 'no-such-bucket' does not exist"):
-        list_keys(store, "no-such-bucket")
-    with pytest.raises(StorageError, match=r"s3://storage-tests/missing.bin does not exist"):
-        download_file(store, BUCKET, "missing.bin", tmp_path / "missing.bin")
+    with pytest.raises(storage.StorageError, match=r"bucket 'no-such-bucket' does not exist at http://127.0.0.1:\d+"):
+        storage.check_bucket(store, "no-such-bucket")
+    with pytest.raises(storage.StorageError, match=r"bucket 'no-such-bucket' does not exist"):
+        storage.list_keys(store, "no-such-bucket")
+    with pytest.raises(storage.StorageError, match=r"s3://storage-tests/missing.bin does not exist"):
+        storage.download_file(store, BUCKET, "missing.bin", tmp_path / "missing.bin")
     assert not (tmp_path / "missing.bin").exists()
 
 
-def test_bad_credentials_are_refused_without_showing_the_secret(seaweed: tuple[Service, S3Settings],
-                                                                tmp_path: Path) -> None:
+def test_bad_credentials_are_refused_without_showing_the_secret(seaweed: tuple[Service, storage.S3Settings],
+                                                                 tmp_path: Path) -> None:
     settings = seaweed[1]
-    wrong = S3Settings(settings.endpoint, access_key=settings.access_key, secret_key="not-the-secret-1234")
-    bad = s3_store(wrong, QUICK)
+    wrong = storage.S3Settings(settings.endpoint, access_key=settings.access_key, secret_key="not-the-secret-1234")
+    bad = storage.s3_store(wrong, QUICK)
     source = tmp_path / "a.txt"
     source.write_text("a")
-    with pytest.raises(StorageError) as refused:
-        upload_file(bad, source, BUCKET, "a.txt")
+    with pytest.raises(storage.StorageError) as refused:
+        storage.upload_file(bad, source, BUCKET, "a.txt")
     message = str(refused.value)
     assert "the credentials were refused (SignatureDoesNotMatch)" in message and settings.access_key in message
     assert "not-the-secret-1234" not in message and settings.secret_key not in message
     assert "not-the-secret" not in repr(wrong)
-    with pytest.raises(StorageError, match="the credentials were refused"):
-        check_bucket(s3_store(S3Settings(settings.endpoint, access_key="nobody", secret_key="x" * 20), QUICK), BUCKET)
+    nobody = storage.S3Settings(settings.endpoint, access_key="nobody", secret_key="x" * 20)
+    with pytest.raises(storage.StorageError, match="the credentials were refused"):
+        storage.check_bucket(storage.s3_store(nobody, QUICK), BUCKET)
 
 
 def test_an_unreachable_endpoint_is_named(tmp_path: Path) -> None:
     [closed] = free_ports(1)  # bound and released: nothing listens there
-    store = s3_store(S3Settings(f"http://127.0.0.1:{closed}", access_key="k", secret_key="s"),
-                     Transfer(max_attempts=1, connect_timeout=1))
-    with pytest.raises(StorageError, match=rf"bucket 'b': the S3 endpoint http://127.0.0.1:{closed} is unreachable"):
-        ensure_bucket(store, "b")
+    store = storage.s3_store(storage.S3Settings(f"http://127.0.0.1:{closed}", access_key="k", secret_key="s"),
+                             storage.Transfer(max_attempts=1, connect_timeout=1))
+    with pytest.raises(storage.StorageError, match=rf"bucket 'b': the S3 endpoint http://127.0.0.1:{closed} is unreachable"):
+        storage.ensure_bucket(store, "b")
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,11 +117,11 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-1")
     monkeypatch.delenv("ART2MUS_S3_ENDPOINT", raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
-    assert S3Settings.from_env() == S3Settings("http://127.0.0.1:9", os.environ.get("AWS_REGION") or
-                                               os.environ.get("AWS_DEFAULT_REGION") or "us-east-1", "id-1", "secret-1")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    assert storage.S3Settings.from_env() == storage.S3Settings("http://127.0.0.1:9", region, "id-1", "secret-1")
     monkeypatch.setenv("ART2MUS_S3_ENDPOINT", "http://127.0.0.1:10")
-    assert S3Settings.from_env().endpoint == "http://127.0.0.1:10"
-    assert "secret-1" not in repr(S3Settings.from_env())
+    assert storage.S3Settings.from_env().endpoint == "http://127.0.0.1:10"
+    assert "secret-1" not in repr(storage.S3Settings.from_env())
 
 
 def test_the_s3_remote_is_the_default_and_its_credentials_stay_local(tmp_path: Path,
@@ -212,14 +202,14 @@ def test_make_exports_the_offline_defaults_spelled_once_and_the_users_setting_wi
 
 
 def test_no_credentials_fail_fast_naming_the_store_without_asking_the_cloud(no_credentials: list[str]) -> None:
-    with pytest.raises(StorageError) as error:
-        s3_store(S3Settings("http://127.0.0.1:9"), Transfer(max_attempts=1, connect_timeout=1))
+    with pytest.raises(storage.StorageError) as error:
+        storage.s3_store(storage.S3Settings("http://127.0.0.1:9"), storage.Transfer(max_attempts=1, connect_timeout=1))
     message = str(error.value)
     assert message.startswith("S3 at http://127.0.0.1:9: no credentials configured")
     assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in message and "AWS_EC2_METADATA_DISABLED=false" in message
     assert no_credentials == [] and os.environ["AWS_EC2_METADATA_DISABLED"] == "true"
-    with pytest.raises(StorageError, match="only one of AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
-        s3_store(S3Settings("http://127.0.0.1:9", access_key="id-only"))
+    with pytest.raises(storage.StorageError, match="only one of AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+        storage.s3_store(storage.S3Settings("http://127.0.0.1:9", access_key="id-only"))
 
 
 def test_a_model_on_s3_without_credentials_is_a_clear_error(no_credentials: list[str], tmp_path: Path,
