@@ -93,15 +93,20 @@ def log_report(root: Path, text: str) -> str:
     return run.run_id
 
 
+def project_with_a_run(root: Path) -> str:
+    """A project at `root` (an empty params.yaml) with one stage run whose artifact says 'logged in A'; its run id."""
+    root.mkdir()
+    (root / "params.yaml").write_text("{}\n")
+    return log_report(root, "logged in A")
+
+
 def test_a_copied_project_writes_its_artifacts_into_itself_and_reads_the_copied_ones(
         tmp_path: Path, monkeypatch, caplog) -> None:
     import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     original, copy = tmp_path / "A", tmp_path / "B"
-    original.mkdir()
-    (original / "params.yaml").write_text("{}\n")
-    first = log_report(original, "logged in A")
+    first = project_with_a_run(original)
     in_original = artifact_files(original)
     shutil.copytree(original, copy)
 
@@ -125,9 +130,7 @@ def test_the_registry_of_a_copied_project_reads_and_deletes_only_its_own_artifac
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     original, copy = tmp_path / "A", tmp_path / "B"
-    original.mkdir()
-    (original / "params.yaml").write_text("{}\n")
-    run_id = log_report(original, "logged in A")
+    run_id = project_with_a_run(original)
     shutil.copytree(original, copy)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     client = registry_client(copy)
@@ -140,9 +143,7 @@ def test_relocating_a_store_copied_without_its_artifacts_names_what_is_missing(t
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     original, clone = tmp_path / "A", tmp_path / "C"
-    original.mkdir()
-    (original / "params.yaml").write_text("{}\n")
-    run_id = log_report(original, "logged in A")
+    run_id = project_with_a_run(original)
     clone.mkdir()
     for name in ("params.yaml", "mlflow.db"):  # a clone given the database only
         shutil.copy(original / name, clone / name)
@@ -165,9 +166,7 @@ def test_cli_relocate_says_what_it_changes(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     original, copy = tmp_path / "A", tmp_path / "B"
-    original.mkdir()
-    (original / "params.yaml").write_text("{}\n")
-    log_report(original, "logged in A")
+    project_with_a_run(original)
     shutil.copytree(original, copy)
     monkeypatch.chdir(copy)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
