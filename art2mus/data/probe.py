@@ -19,14 +19,22 @@ def describe_start(path: Path) -> str:
         return repr(handle.read(8))
 
 
+def file_problem(path: Path) -> str | None:
+    """Why a path holds nothing to decode (not a regular file, zero bytes), or None."""
+    if not path.is_file():
+        return "not a regular file"
+    if path.stat().st_size == 0:
+        return "zero-byte file"
+    return None
+
+
 def probe_image(path: Path) -> dict[str, Any]:
     """Width, height, mode and format of a fully decoded image, or {'error': reason}."""
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
-        return {"error": "not a regular file"}
-    if path.stat().st_size == 0:
-        return {"error": "zero-byte file"}
+    problem = file_problem(path)
+    if problem:
+        return {"error": problem}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -46,10 +54,9 @@ def probe_audio(path: Path) -> dict[str, Any]:
     """Duration, sample rate, channels and decoded frames of an audio file, or {'error': reason}."""
     import soundfile as sf
 
-    if not path.is_file():
-        return {"error": "not a regular file"}
-    if path.stat().st_size == 0:
-        return {"error": "zero-byte file"}
+    problem = file_problem(path)
+    if problem:
+        return {"error": problem}
     try:
         with sf.SoundFile(path) as audio:
             expected = EXPECTED_AUDIO_FORMAT.get(path.suffix.lower())
