@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Literal
 
 import numpy as np
 import torch
@@ -68,7 +69,8 @@ def timed_generation(
 
 def run(quick: bool = False) -> dict:
     # quick: few steps, the same 8x step ratio
-    steps = {"dpmsolver++": 2, "ddim": 16} if quick else {"dpmsolver++": 25, "ddim": 200}
+    steps: dict[Literal["dpmsolver++", "ddim"], int] = (
+        {"dpmsolver++": 2, "ddim": 16} if quick else {"dpmsolver++": 25, "ddim": 200})
     threads = torch.get_num_threads()
     n_threads = threads if quick else THREADS  # quick: the caller's, so it never oversubscribes the cores
     torch.set_num_threads(n_threads)

@@ -92,6 +92,7 @@ def measure_stage(stage: str, work: Path, manifests: Path, out_dir: Path) -> dic
                                    FeaturesParams(), audio, quiet=True)
         items = summary["image_embedded"] + summary["audio_embedded"]
     else:
+        assert backbone is not None  # loaded above, before the baseline, for the latents stage
         summary = compute_latents(tracks, work / "sample" / "fma", backbone, audio, out_dir,
                                   LatentsParams().batch_size, quiet=True)
         items = summary["tracks"]

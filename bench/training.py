@@ -29,7 +29,7 @@ from art2mus.data.latents import crop_log_mel
 from art2mus.data.sample import fma_track_path, make_sample
 from art2mus.features.media import decode_image
 from art2mus.models.audio import mel_transform
-from art2mus.models.backbone import Backbone
+from art2mus.models.backbone import Backbone, LatentCodec
 from art2mus.models.encoders import ImageEncoder, load_image_encoder
 from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training.aligner import aligner_loss, new_aligner, step_generator
@@ -62,7 +62,7 @@ def encode_images(paths: list[Path], encoder: ImageEncoder) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_tracks(
-    paths: list[Path], codec: torch.nn.Module, audio: AudioParams, transform: torch.nn.Module
+    paths: list[Path], codec: LatentCodec, audio: AudioParams, transform: torch.nn.Module
 ) -> torch.Tensor:
     """Decode the tracks' crops, take their log-mels and encode them as the latents stage does."""
     return codec.encode(torch.stack([crop_log_mel(path, audio, transform) for path in paths]))

@@ -16,7 +16,7 @@ class ImageAligner(ModelMixin, ConfigMixin):
     Saved with `save_pretrained` (safetensors + config.json), so a checkpoint rebuilds without the repo.
     """
 
-    config_name = "config.json"
+    config_name = "config.json"  # type: ignore[assignment]  # diffusers types ConfigMixin.config_name as None
 
     @register_to_config
     def __init__(self, image_dim: int, lm_width: int, tokens: int = 4, hidden_dim: int = 256, depth: int = 2) -> None:
@@ -34,11 +34,11 @@ class ImageAligner(ModelMixin, ConfigMixin):
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """[B, image_dim] -> [B, tokens, lm_width]."""
         c = self.config
-        return self.mlp(image_embeds).view(-1, c.tokens, c.lm_width)
+        return self.mlp(image_embeds).view(-1, c["tokens"], c["lm_width"])
 
 
-def weights_sha256(aligner: ImageAligner) -> str:
-    """Hash of the aligner's tensors (names, dtypes, shapes, bytes): its identity."""
+def state_dict_sha256(aligner: ImageAligner) -> str:
+    """sha256 of the aligner's state dict (tensor names, dtypes, shapes, bytes): persisted as `weights_sha256`."""
     digest = hashlib.sha256()
     for name, tensor in sorted(aligner.state_dict().items()):
         digest.update(name.encode())

@@ -19,6 +19,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from art2mus.config import AudioParams
 from art2mus.errors import Art2MusError
+from art2mus.models.backbone import LatentCodec
 
 LOG_FLOOR = 1e-5  # AudioLDM's dynamic-range compression: log(clamp(mel, 1e-5))
 F_MAX = 8000.0
@@ -105,7 +106,8 @@ def dct_matrix(n: int) -> torch.Tensor:
     return matrix.float()
 
 
-class MelCodec(ModelMixin, ConfigMixin):
+# LatentCodec before ConfigMixin: ModelMixin's __getattr__ defers to the next class, which must be Module's.
+class MelCodec(ModelMixin, LatentCodec, ConfigMixin):
     """Tiny-profile latent: an orthonormal block DCT of the log-mel; `decode` inverts it exactly.
 
     The log-mel (minus its per-bin train mean) is cut into (fold_time x fold_mel) blocks; each
@@ -116,7 +118,7 @@ class MelCodec(ModelMixin, ConfigMixin):
     near-empty channels instead of learning the music (and the conditioning).
     """
 
-    config_name = "config.json"
+    config_name = "config.json"  # type: ignore[assignment]  # diffusers types ConfigMixin.config_name as None
 
     @register_to_config
     def __init__(self, n_mels: int = 64, frames: int = 256, fold_time: int = 16, fold_mel: int = 4) -> None:
@@ -133,12 +135,12 @@ class MelCodec(ModelMixin, ConfigMixin):
 
     @property
     def latent_channels(self) -> int:
-        return self.config.fold_time * self.config.fold_mel
+        return self.config["fold_time"] * self.config["fold_mel"]
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         c = self.config
-        return self.latent_channels, c.frames // c.fold_time, c.n_mels // c.fold_mel
+        return self.latent_channels, c["frames"] // c["fold_time"], c["n_mels"] // c["fold_mel"]
 
     def fit(self, mels: torch.Tensor) -> None:
         """Per-bin mean and per-channel scales from [N, frames, n_mels] log-mels (the train split's)."""
@@ -159,18 +161,18 @@ class MelCodec(ModelMixin, ConfigMixin):
         """[B, frames, n_mels] log-mel -> [B, C, frames/ft, n_mels/fm] latent."""
         c = self.config
         b, t, f = mel.shape
-        blocks = (mel - self.mean).reshape(b, t // c.fold_time, c.fold_time, f // c.fold_mel, c.fold_mel)
+        blocks = (mel - self.mean).reshape(b, t // c["fold_time"], c["fold_time"], f // c["fold_mel"], c["fold_mel"])
         coefficients = torch.einsum("ui,bhiwj,vj->bhwuv", self.dct_time, blocks, self.dct_mel)
-        latents = coefficients.reshape(b, t // c.fold_time, f // c.fold_mel, self.latent_channels)
+        latents = coefficients.reshape(b, t // c["fold_time"], f // c["fold_mel"], self.latent_channels)
         return latents.permute(0, 3, 1, 2) / self.scale[:, None, None]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Exact inverse of `encode`."""
         c = self.config
         b, _, h, w = latents.shape
-        coefficients = (latents * self.scale[:, None, None]).permute(0, 2, 3, 1).reshape(b, h, w, c.fold_time, c.fold_mel)
+        coefficients = (latents * self.scale[:, None, None]).permute(0, 2, 3, 1).reshape(b, h, w, c["fold_time"], c["fold_mel"])
         blocks = torch.einsum("ui,bhwuv,vj->bhiwj", self.dct_time, coefficients, self.dct_mel)
-        return blocks.reshape(b, h * c.fold_time, w * c.fold_mel) + self.mean
+        return blocks.reshape(b, h * c["fold_time"], w * c["fold_mel"]) + self.mean
 
     def decode_in_range(self, latents: torch.Tensor) -> torch.Tensor:
         """`decode`, clamped to each bin's train range: a sampled latent that overshoots (a tiny prior
@@ -182,7 +184,7 @@ class MelCodec(ModelMixin, ConfigMixin):
 class GriffinLimVocoder(ModelMixin, ConfigMixin):
     """Log-mel -> waveform without learned weights: InverseMelScale then Griffin-Lim."""
 
-    config_name = "config.json"
+    config_name = "config.json"  # type: ignore[assignment]  # diffusers types ConfigMixin.config_name as None
 
     @register_to_config
     def __init__(self, sample_rate: int = 16000, n_fft: int = 1024, hop_length: int = 160, n_mels: int = 64,
@@ -203,5 +205,5 @@ class GriffinLimVocoder(ModelMixin, ConfigMixin):
         magnitude = torch.exp(log_mel.float()).transpose(1, 2)  # [B, n_mels, frames]
         linear = self.inverse_mel(magnitude).clamp_min(0.0)
         wave = self.griffin_lim(linear)
-        length = log_mel.shape[1] * self.config.hop_length  # Griffin-Lim gives (frames - 1) * hop
+        length = log_mel.shape[1] * self.config["hop_length"]  # Griffin-Lim gives (frames - 1) * hop
         return torch.nn.functional.pad(wave, (0, max(0, length - wave.shape[-1])))[..., :length]

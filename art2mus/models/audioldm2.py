@@ -28,13 +28,18 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
-from torch import nn
 
 from art2mus.io import check_model_folder, verified_sha256_file
-from art2mus.models.backbone import Backbone, BackboneError, resolve_device
+from art2mus.models.backbone import Backbone, BackboneError, LatentCodec, resolve_device
 from art2mus.models.quiet import quiet_loading
+
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
+    from transformers import GPT2LMHeadModel, SpeechT5HifiGan
 
 logger = logging.getLogger(__name__)
 
@@ -44,21 +49,21 @@ NULL_CONDITIONINGS = ("zeros", "empty_prompt")
 SOURCE_HINT = "set backbone.source to a local copy of the AudioLDM2 pipeline folder"
 
 
-class LatentCodecAdapter(nn.Module):
+class LatentCodecAdapter(LatentCodec):
     """AudioLDM2's VAE as a codec: [B, frames, n_mels] log-mel <-> scaled latents [B, C, frames/f, n_mels/f]."""
 
-    def __init__(self, vae: nn.Module) -> None:
+    def __init__(self, vae: AutoencoderKL) -> None:
         super().__init__()
         self.vae = vae
 
     @property
     def scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
+        return float(self.vae.config["scaling_factor"])
 
     @property
     def scale_factor(self) -> int:
         """Downsampling of the VAE along time and mel (AudioLDM2Pipeline's `vae_scale_factor`)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.vae.config["block_out_channels"]) - 1)
 
     def posterior(self, mel: torch.Tensor):
         """The VAE's latent distribution of [B, frames, n_mels] log-mels (on the VAE's device and dtype)."""
@@ -108,7 +113,7 @@ def location(source: str, revision: str) -> tuple[str, dict]:
     return source, {"revision": revision}
 
 
-def load_language_model(source: str, revision: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_language_model(source: str, revision: str, dtype: torch.dtype = torch.float32) -> GPT2LMHeadModel:
     """GPT-2 with its LM head from the `language_model` folder, whatever class `model_index.json` declares."""
     from transformers import GPT2LMHeadModel
 
@@ -233,7 +238,17 @@ def verify_hub_files(source: str, revision: str) -> None:
     logger.info("AudioLDM2 %s@%s: %d cached files verified", source, revision, verify_snapshot(folder, hint=hint))
 
 
-def load_kept_parts(source: str, revision: str, dtype: torch.dtype = torch.float32) -> dict[str, object]:
+class KeptParts(TypedDict):
+    """The parts of the AudioLDM2 pipeline a backbone keeps."""
+
+    unet: AudioLDM2UNet2DConditionModel
+    vae: AutoencoderKL
+    vocoder: SpeechT5HifiGan
+    scheduler: Any
+    language_model: GPT2LMHeadModel
+
+
+def load_kept_parts(source: str, revision: str, dtype: torch.dtype = torch.float32) -> KeptParts:
     """UNet, GPT-2 (with its head), VAE, HiFi-GAN and scheduler, each from its subfolder: no text encoders."""
     from diffusers import AutoencoderKL, DDIMScheduler
     from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
@@ -278,7 +293,7 @@ def load_audioldm2_backbone(source: str, revision: str, max_new_tokens: int, nul
     hop_length = int(math.prod(vocoder.config.upsample_rates))
     scale = codec.scale_factor
     frames = default_frames(sample_rate, hop_length, scale)
-    latent_shape = [int(vae.config.latent_channels), frames // scale, n_mels // scale]
+    latent_shape = [int(vae.config["latent_channels"]), frames // scale, n_mels // scale]
     backbone = Backbone(
         unet=parts["unet"], language_model=parts["language_model"], scheduler=parts["scheduler"], codec=codec,
         vocoder=vocoder, t5_embeds=streams["t5_embeds"].to(dtype), t5_mask=streams["t5_mask"], null_loa=null_loa,

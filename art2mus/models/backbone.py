@@ -14,13 +14,17 @@ for the empty prompt (diffusers' choice) with `backbone.null_conditioning: empty
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from art2mus.errors import Art2MusError
 from art2mus.models.encoders.base import default_device
+
+if TYPE_CHECKING:
+    from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
+    from transformers import GPT2LMHeadModel
 
 BACKBONE_FILE = "backbone.json"
 
@@ -39,14 +43,34 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         raise BackboneError(f"device {name!r}: {error} (use auto, cpu or cuda[:N])") from None
 
 
+class LatentCodec(nn.Module):
+    """What a backbone needs of its codec: [B, frames, n_mels] log-mel <-> scaled latents [B, C, h, w]."""
+
+    def encode_distribution(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the scaled latent posterior."""
+        raise NotImplementedError
+
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel -> scaled latents (deterministic)."""
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> log-mel."""
+        raise NotImplementedError
+
+    def decode_in_range(self, latents: torch.Tensor) -> torch.Tensor:
+        """`decode`, kept in what the vocoder takes."""
+        raise NotImplementedError
+
+
 @dataclass
 class Backbone:
     """Frozen parts of the model and the constant conditioning streams."""
 
-    unet: nn.Module
-    language_model: nn.Module
+    unet: AudioLDM2UNet2DConditionModel
+    language_model: GPT2LMHeadModel
     scheduler: Any
-    codec: nn.Module
+    codec: LatentCodec
     vocoder: nn.Module
     t5_embeds: torch.Tensor  # [1, L, d_t5]: the second stream, constant (no language)
     t5_mask: torch.Tensor  # [1, L], all ones (checked at load: `predict` passes no mask)
@@ -112,7 +136,8 @@ class Backbone:
         mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
         # generate_language_model only needs `language_model`; borrow it unbound.
         return AudioLDM2Pipeline.generate_language_model(
-            _LanguageModelHolder(self.language_model), inputs_embeds, max_new_tokens=self.max_new_tokens,
+            _LanguageModelHolder(self.language_model),  # type: ignore[arg-type]  # duck-typed: reads only this
+            inputs_embeds, max_new_tokens=self.max_new_tokens,
             attention_mask=mask,
         )
 
@@ -133,5 +158,5 @@ class Backbone:
 class _LanguageModelHolder:
     """The one attribute AudioLDM2Pipeline.generate_language_model reads from its pipeline."""
 
-    def __init__(self, language_model: nn.Module) -> None:
+    def __init__(self, language_model: GPT2LMHeadModel) -> None:
         self.language_model = language_model

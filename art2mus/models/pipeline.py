@@ -5,10 +5,11 @@ or a reference to AudioLDM2), and `model.json` (the image encoder's spec and the
 every part), so it generates without the repository.
 
 Loading verifies it (`verify_parts`): every weights and config file must read (a truncated one is named), and
-each part must be the one `model.json` records: the aligner's tensors hash to `weights_sha256` (the train
-record's hash), the prior is `prior` (`tiny@<folder hash>`, `local@<folder hash>` or `<hub id>@<revision>`,
-its files verified by `load_backbone`), the image encoder is `image_encoder_id`. A mismatch is an error naming
-the file and both hashes; `info` then reports the hashes of what was loaded.
+each part must be the one `model.json` records: the sha256 of the aligner's state dict (tensor names, dtypes,
+shapes, bytes: `state_dict_sha256`) is `weights_sha256` (the train record's), the prior is `prior`
+(`tiny@<folder hash>`, `local@<folder hash>` or `<hub id>@<revision>`, its files verified by `load_backbone`),
+the image encoder is `image_encoder_id`. A mismatch is an error naming the file and both hashes; `info` then
+reports the hashes of what was loaded.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from art2mus.config import EncoderSpec
 from art2mus.errors import Art2MusError
 from art2mus.io import check_model_folder, read_json, rebuild_hint
-from art2mus.models.aligner import ImageAligner, weights_sha256
+from art2mus.models.aligner import ImageAligner, state_dict_sha256
 from art2mus.models.backbone import Backbone, resolve_device
 from art2mus.models.encoders import load_image_encoder
 from art2mus.models.loader import load_backbone
@@ -79,7 +80,7 @@ def verify_parts(path: Path, info: dict[str, Any], aligner: ImageAligner, backbo
                  encoder) -> dict[str, Any]:
     """`info` with the hashes of what was loaded, after checking them against those `model.json` records
     (each where one is recorded): Art2MusError naming the file and both hashes on a mismatch."""
-    loaded = {"weights_sha256": weights_sha256(aligner), "prior": str(backbone.info.get("identity", "")),
+    loaded = {"weights_sha256": state_dict_sha256(aligner), "prior": str(backbone.info.get("identity", "")),
               "image_encoder_id": str(encoder.encoder_id)}
     where = {"weights_sha256": aligner_weights_file(path / "aligner"), "prior": path / "prior",
              "image_encoder_id": f"image encoder {info['image_encoder'].get('name')} "
@@ -113,16 +114,17 @@ class Art2MusPipeline:
     """Frozen image encoder -> trained aligner -> frozen GPT-2 + UNet -> codec -> vocoder."""
 
     def __init__(self, encoder, aligner: ImageAligner, backbone: Backbone, info: dict[str, Any] | None = None) -> None:
-        if aligner.config.image_dim != encoder.dim:
-            raise Art2MusError(f"the aligner was built for {aligner.config.image_dim}-d image embeddings, but the "
+        if aligner.config["image_dim"] != encoder.dim:
+            raise Art2MusError(f"the aligner was built for {aligner.config['image_dim']}-d image embeddings, but the "
                                f"image encoder {encoder.encoder_id} gives {encoder.dim}-d ones "
                                "(features.image_encoder must be the encoder the aligner was trained with)")
-        if aligner.config.lm_width != backbone.lm_width:
-            raise Art2MusError(f"the aligner writes {aligner.config.lm_width}-d tokens, but the prior's GPT-2 reads "
+        if aligner.config["lm_width"] != backbone.lm_width:
+            raise Art2MusError(f"the aligner writes {aligner.config['lm_width']}-d tokens, but the prior's GPT-2 reads "
                                f"{backbone.lm_width}-d ones (backbone.profile must be the one it was trained with)")
         self.encoder = encoder
         self.backbone = backbone.eval()
-        self.aligner = aligner.eval().to(self.backbone.device)
+        # diffusers wraps ModelMixin.to; its stub loses the bound self, so the device reads as `self`.
+        self.aligner = aligner.eval().to(self.backbone.device)  # type: ignore[arg-type]
         self.info = info or {}
 
     @classmethod

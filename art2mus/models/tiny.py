@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,6 +19,10 @@ from art2mus.config import AudioParams, BackboneParams, TinyBackboneParams
 from art2mus.io import check_model_folder, read_json, read_safetensors, rebuild_hint, verified_sha256_tree
 from art2mus.models.audio import GriffinLimVocoder, MelCodec, crop_frames
 from art2mus.models.backbone import BACKBONE_FILE, Backbone, BackboneError
+
+if TYPE_CHECKING:
+    from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
+    from transformers import GPT2LMHeadModel
 
 PROFILE = "tiny"
 CONDITIONING_FILE = "conditioning.safetensors"
@@ -44,7 +49,7 @@ class AudioTokenEncoder(nn.Module):
         return self.to_tokens(self.features(latents)).view(-1, self.tokens, self.width)
 
 
-def tiny_unet(config: TinyBackboneParams, latent_channels: int) -> nn.Module:
+def tiny_unet(config: TinyBackboneParams, latent_channels: int) -> AudioLDM2UNet2DConditionModel:
     """AudioLDM2's UNet class at a tiny size; both cross-attention streams present.
 
     One level per entry of `unet_channels`; the `attention_levels` lowest-resolution levels (and the
@@ -65,14 +70,14 @@ def tiny_unet(config: TinyBackboneParams, latent_channels: int) -> nn.Module:
     )
 
 
-def tiny_language_model(config: TinyBackboneParams, max_new_tokens: int) -> nn.Module:
+def tiny_language_model(config: TinyBackboneParams, max_new_tokens: int) -> GPT2LMHeadModel:
     """GPT-2 (LM head class, as AudioLDM2's generation needs) at width `lm_width`; it never sees token ids."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     return GPT2LMHeadModel(GPT2Config(
         n_embd=config.lm_width, n_layer=config.lm_layers, n_head=config.lm_heads, vocab_size=2,
         bos_token_id=0, eos_token_id=1, n_positions=config.audio_tokens + max_new_tokens + 8,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens,  # type: ignore[call-arg]  # PretrainedConfig keeps extra kwargs; stubs omit them
     ))
 
 
@@ -105,30 +110,39 @@ def build_tiny_backbone(params: BackboneParams, audio: AudioParams, seed: int = 
     )
 
 
+def tiny_parts(backbone: Backbone) -> tuple[MelCodec, GriffinLimVocoder, nn.Module]:
+    """The parts only the tiny profile has (codec, vocoder, audio encoder), with their types checked."""
+    codec, vocoder, audio_encoder = backbone.codec, backbone.vocoder, backbone.audio_encoder
+    if not isinstance(codec, MelCodec) or not isinstance(vocoder, GriffinLimVocoder) or audio_encoder is None:
+        raise BackboneError("not a tiny backbone: it needs a MelCodec, a GriffinLimVocoder and an audio encoder")
+    return codec, vocoder, audio_encoder
+
+
 def save_tiny_backbone(backbone: Backbone, path: str | Path) -> None:
     """Write every part of a tiny backbone so `load_tiny_backbone(path)` rebuilds it exactly."""
     from safetensors.torch import save_file
 
     if backbone.info.get("profile") != PROFILE:
         raise BackboneError("only the tiny backbone is saved; the real one is referenced by its hub id or folder")
+    codec, vocoder, audio_encoder = tiny_parts(backbone)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     backbone.unet.save_pretrained(path / "unet")
     backbone.language_model.save_pretrained(path / "language_model")
     backbone.scheduler.save_pretrained(path / "scheduler")
-    backbone.codec.save_pretrained(path / "codec")
-    backbone.vocoder.save_pretrained(path / "vocoder")
-    save_file({k: v.detach().cpu().contiguous() for k, v in backbone.audio_encoder.state_dict().items()},
+    codec.save_pretrained(path / "codec")
+    vocoder.save_pretrained(path / "vocoder")
+    save_file({k: v.detach().cpu().contiguous() for k, v in audio_encoder.state_dict().items()},
               path / "audio_encoder.safetensors")
     save_file({"t5_embeds": backbone.t5_embeds.cpu().contiguous(), "t5_mask": backbone.t5_mask.cpu().contiguous(),
                "null_loa": backbone.null_loa.cpu().contiguous()}, path / CONDITIONING_FILE)
-    info = {key: value for key, value in backbone.info.items() if key not in ("weights_sha256", "identity")}
+    info = {key: value for key, value in backbone.info.items() if key not in ("folder_sha256", "identity")}
     (path / BACKBONE_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
-def weights_sha256(path: Path) -> str:
-    """The identity of a saved tiny backbone: the hash of its folder (each file hashed once per process while
-    it is unchanged, `verified_sha256_tree`)."""
+def folder_sha256(path: Path) -> str:
+    """The identity of a saved tiny backbone: the sha256 of its folder's files (each file hashed once per process
+    while it is unchanged, `verified_sha256_tree`)."""
     return verified_sha256_tree(path)
 
 
@@ -160,11 +174,11 @@ def load_tiny_backbone(path: Path, device: str | torch.device = "cpu") -> Backbo
     except (OSError, ValueError, KeyError, RuntimeError) as error:  # files that read but do not fit together
         raise BackboneError(f"{path}: not a loadable tiny backbone ({type(error).__name__}: {str(error)[:300]}); "
                             f"{rebuild_hint(path)}") from None
-    digest = weights_sha256(path)
+    digest = folder_sha256(path)
     backbone = Backbone(
         **parts, codec=codec,
         t5_embeds=conditioning["t5_embeds"], t5_mask=conditioning["t5_mask"], null_loa=conditioning["null_loa"],
         audio_encoder=audio_encoder,
-        info={"null_conditioning": "zeros", **info, "weights_sha256": digest, "identity": f"tiny@{digest}"},
+        info={"null_conditioning": "zeros", **info, "folder_sha256": digest, "identity": f"tiny@{digest}"},
     )
     return backbone.eval().to(device)

@@ -40,10 +40,15 @@ import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
-from diffusers import AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
+from diffusers import DDIMScheduler
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
 from safetensors import safe_open
 from transformers import (
     ClapConfig,
@@ -54,6 +59,8 @@ from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     GPT2Model,
+    PretrainedConfig,
+    PreTrainedModel,
     RobertaTokenizer,
     SpeechT5HifiGan,
     SpeechT5HifiGanConfig,
@@ -61,6 +68,7 @@ from transformers import (
     T5EncoderModel,
     T5Tokenizer,
 )
+from transformers.utils import logging as transformers_logging
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 SIZES = ("real", "tiny")
@@ -71,9 +79,9 @@ IMAGEBIND_CONFIGS = {"real": CONFIGS / "imagebind-huge.json", "tiny": CONFIGS / 
 MODEL_PARTS = ("unet", "language_model", "vae", "vocoder", "text_encoder", "text_encoder_2", "projection_model")
 OTHER_PARTS = ("tokenizer", "tokenizer_2", "feature_extractor", "scheduler")
 PART_CONFIG_FILES = {"scheduler": "scheduler_config.json", "feature_extractor": "preprocessor_config.json"}
-DIFFUSERS_PARTS = {"unet": AudioLDM2UNet2DConditionModel, "vae": AutoencoderKL,
+DIFFUSERS_PARTS: dict[str, type[ConfigMixin]] = {"unet": AudioLDM2UNet2DConditionModel, "vae": AutoencoderKL,
                    "projection_model": AudioLDM2ProjectionModel}
-TRANSFORMERS_PARTS = {
+TRANSFORMERS_PARTS: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
     "language_model": (GPT2Config, GPT2Model),
     "vocoder": (SpeechT5HifiGanConfig, SpeechT5HifiGan),
     "text_encoder": (ClapConfig, ClapModel),
@@ -81,7 +89,7 @@ TRANSFORMERS_PARTS = {
 }
 T5_CHARACTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,'\"()-:;!?&/"
 
-Built = TypeVar("Built")
+Built = TypeVar("Built", bound=torch.nn.Module)
 
 
 # ---- small helpers ------------------------------------------------------------------------------
@@ -110,16 +118,16 @@ def parameters_on_meta() -> Iterator[None]:
     """
     register = torch.nn.Module.register_parameter
 
-    def register_on_meta(module: torch.nn.Module, name: str, parameter: torch.nn.Parameter | None) -> None:
-        if parameter is not None and parameter.device.type != "meta":
-            parameter = torch.nn.Parameter(parameter.to("meta"), requires_grad=parameter.requires_grad)
-        register(module, name, parameter)
+    def register_on_meta(self: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(self, name, param)
 
-    torch.nn.Module.register_parameter = register_on_meta
+    torch.nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]  # patched for the block
     try:
         yield
     finally:
-        torch.nn.Module.register_parameter = register
+        torch.nn.Module.register_parameter = register  # type: ignore[method-assign]  # restored
 
 
 def seeded_build(build: Callable[[], Built], seed: int, device: str | torch.device = "cpu",
@@ -140,29 +148,26 @@ def seeded_build(build: Callable[[], Built], seed: int, device: str | torch.devi
 @contextlib.contextmanager
 def quiet_libraries() -> Iterator[None]:
     """transformers' and diffusers' warnings silenced (the real vocoder config's model_type, fp16 casts)."""
-    import diffusers
-    import transformers
-
-    levels = transformers.logging.get_verbosity(), diffusers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    diffusers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()  # "Writing model shards" / "Loading weights" bars
-    diffusers.logging.disable_progress_bar()
+    levels = transformers_logging.get_verbosity(), diffusers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # "Writing model shards" / "Loading weights" bars
+    diffusers_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        transformers.logging.set_verbosity(levels[0])
-        diffusers.logging.set_verbosity(levels[1])
-        transformers.logging.enable_progress_bar()
-        diffusers.logging.enable_progress_bar()
+        transformers_logging.set_verbosity(levels[0])
+        diffusers_logging.set_verbosity(levels[1])
+        transformers_logging.enable_progress_bar()
+        diffusers_logging.enable_progress_bar()
 
 
-def save_module(module: torch.nn.Module, folder: Path, store_dtype: torch.dtype) -> None:
+def save_module(module: ModelMixin | PreTrainedModel, folder: Path, store_dtype: torch.dtype) -> None:
     """`save_pretrained` with the floating-point weights cast to `store_dtype`."""
     with quiet_libraries():
-        module.to(store_dtype)
+        module.to(store_dtype)  # type: ignore[arg-type]  # the libraries' wrapped `to` stubs lose the bound self
         module.save_pretrained(folder)
 
 
@@ -194,8 +199,10 @@ def t5_stand_in(folder: Path) -> T5Tokenizer:
 def model_part(name: str, folder: Path) -> torch.nn.Module:
     """One AudioLDM2 model part from its config folder, drawing from the current random state."""
     if name in DIFFUSERS_PARTS:
-        model_class = DIFFUSERS_PARTS[name]
-        return model_class.from_config(model_class.load_config(folder))
+        diffusers_class = DIFFUSERS_PARTS[name]
+        # diffusers types both as maybe-tuples; without return_unused_kwargs they are a dict and a model
+        diffusers_config = cast(dict[str, Any], diffusers_class.load_config(folder))
+        return cast(torch.nn.Module, diffusers_class.from_config(diffusers_config))
     config_class, model_class = TRANSFORMERS_PARTS[name]
     with quiet_libraries():  # the real vocoder config says model_type "hifigan" (transformers 4.32)
         config = config_class.from_pretrained(folder)

@@ -221,7 +221,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def clip() -> None:
         with report.stage("build CLIP ViT-L/14 vision", device):
             model = build_clip_vision(args.size, SEED, device)
-        image_size = int(model.config.image_size)
+        image_size = model.config.image_size
+        if not isinstance(image_size, int):
+            raise ValueError(f"CLIP's image_size must be one int, got {image_size!r}")
         with report.stage("CLIP: embed 2 images", device):
             start = time.perf_counter()
             with torch.no_grad():

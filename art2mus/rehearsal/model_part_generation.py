@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,10 +21,13 @@ from art2mus.rehearsal.model_part_measures import (
 )
 from art2mus.rehearsal.model_part_training import Trainer
 
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+
 
 # ---- generation ------------------------------------------------------------------------------------
 @torch.no_grad()
-def generate(trainer: Trainer, aligner: torch.nn.Module, vae: torch.nn.Module, vocoder: torch.nn.Module,
+def generate(trainer: Trainer, aligner: torch.nn.Module, vae: AutoencoderKL, vocoder: torch.nn.Module,
              steps: int) -> dict[str, Any]:
     """One 10.24 s clip: DPM-Solver++ with guidance (null LOA zeros + conditional), VAE decode, HiFi-GAN."""
     from diffusers import DPMSolverMultistepScheduler
@@ -53,7 +56,7 @@ def generate(trainer: Trainer, aligner: torch.nn.Module, vae: torch.nn.Module, v
         sync(device)
         step_seconds.append(time.perf_counter() - start)
     start = time.perf_counter()
-    mel = vae.decode(latents / vae.config.scaling_factor).sample
+    mel = vae.decode(latents / vae.config["scaling_factor"]).sample
     sync(device)
     vae_seconds = time.perf_counter() - start
     start = time.perf_counter()

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +19,16 @@ from art2mus.rehearsal.model_part_measures import (
     sync,
 )
 
+if TYPE_CHECKING:
+    from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
+    from transformers import GPT2LMHeadModel
+
 
 # ---- the aligner training step -------------------------------------------------------------------
 class LanguageModelHolder:
     """The one attribute AudioLDM2Pipeline.generate_language_model reads from its pipeline."""
 
-    def __init__(self, language_model: torch.nn.Module) -> None:
+    def __init__(self, language_model: GPT2LMHeadModel) -> None:
         self.language_model = language_model
 
 
@@ -62,7 +65,7 @@ class SavedBytes:
 ACTIVE_COUNTER: list[SavedBytes] = []
 
 
-def counting_checkpoint(module: Callable[..., Any], *args: Any) -> Any:
+def counting_checkpoint(module: torch.nn.Module, *args: Any) -> Any:
     """diffusers' default checkpoint function (non-reentrant), counting the inputs it keeps alive."""
     for counter in ACTIVE_COUNTER:
         for argument in args:
@@ -74,12 +77,12 @@ def counting_checkpoint(module: Callable[..., Any], *args: Any) -> Any:
 class Trainer:
     """The frozen stack and a trainable aligner, as art2mus trains it."""
 
-    def __init__(self, unet: torch.nn.Module, language_model: torch.nn.Module, scheduler: Any,
+    def __init__(self, unet: AudioLDM2UNet2DConditionModel, language_model: GPT2LMHeadModel, scheduler: Any,
                  device: torch.device, clip_dim: int = 768) -> None:
         self.unet, self.language_model, self.scheduler, self.device = unet, language_model, scheduler, device
         self.lm_dim = int(language_model.config.n_embd)
         self.clip_dim = clip_dim
-        cross = unet.config.cross_attention_dim
+        cross = unet.config["cross_attention_dim"]
         self.t5_dim = int(cross[0][-1] if isinstance(cross[0], (list, tuple)) else cross[-1])
         self.max_new_tokens = int(getattr(language_model.config, "max_new_tokens", 8))
         generator = torch.Generator().manual_seed(SEED + 1)
@@ -100,8 +103,9 @@ class Trainer:
         from diffusers.pipelines.audioldm2.pipeline_audioldm2 import AudioLDM2Pipeline
 
         mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        return AudioLDM2Pipeline.generate_language_model(LanguageModelHolder(self.language_model), inputs_embeds,
-                                                         max_new_tokens=self.max_new_tokens, attention_mask=mask)
+        return AudioLDM2Pipeline.generate_language_model(
+            LanguageModelHolder(self.language_model),  # type: ignore[arg-type]  # duck-typed: reads only this
+            inputs_embeds, max_new_tokens=self.max_new_tokens, attention_mask=mask)
 
     train_shape = LATENT_SHAPE  # --quick trains on 2.56 s crops (generation stays 10.24 s)
 
@@ -189,6 +193,7 @@ class Trainer:
     def fits(self, aligner: torch.nn.Module, size: int, checkpointing: bool) -> bool:
         """Whether one step of `size` runs under the current allocator cap (CUDA)."""
         self.set_checkpointing(checkpointing)
+        loss: torch.Tensor | None = None
         try:
             loss = self.loss(aligner, size, seed=SEED)
             loss.backward()
@@ -197,7 +202,7 @@ class Trainer:
         except torch.cuda.OutOfMemoryError:
             return False
         finally:
-            loss = None
+            loss = None  # drop the graph before freeing memory
             aligner.zero_grad(set_to_none=True)
             self.set_checkpointing(False)
             free_memory(self.device)

@@ -14,7 +14,7 @@ from art2mus.config import load_params
 from art2mus.data.schema import SPLITS_TABLE, TRACKS_MANIFEST
 from art2mus.io import atomic_path, read_table, write_json_atomic, write_table_atomic
 from art2mus.models.loader import write_backbone_reference
-from art2mus.models.tiny import save_tiny_backbone, weights_sha256
+from art2mus.models.tiny import folder_sha256, save_tiny_backbone
 from art2mus.stages import OpenRun
 from art2mus.training.prior import train_prior
 
@@ -47,11 +47,11 @@ def run(params_file: str | Path, open_run: OpenRun) -> None:
                              log_loss=lambda step, loss: tracked.log_metrics({"prior_loss": loss}, step=step))
         with atomic_path(out) as tmp:
             save_tiny_backbone(result.backbone, tmp)
-        digest = weights_sha256(out)
+        digest = folder_sha256(out)  # the saved folder's files: the prior's identity is tiny@<digest>
         first, last = result.losses[:10], result.losses[-10:]
         metrics = {"trained": 1, "tracks": len(paths), "steps": len(result.losses), "seconds": result.seconds,
                    "loss_first10": sum(first) / len(first), "loss_last10": sum(last) / len(last)}
-        write_json_atomic({**metrics, "weights_sha256": digest}, METRICS)
+        write_json_atomic({**metrics, "folder_sha256": digest}, METRICS)
         write_table_atomic(pd.DataFrame({"step": range(len(result.losses)), "loss": result.losses}), LOSS_PLOT)
         tracked.log_metrics(metrics)
-        tracked.set_tags({"prior.weights_sha256": digest})
+        tracked.set_tags({"prior.folder_sha256": digest})

@@ -32,7 +32,7 @@ from art2mus.errors import Art2MusError
 from art2mus.features import load_embeddings
 from art2mus.features.embeddings import EMBEDDING_FILES
 from art2mus.io import atomic_path, read_table, write_table_atomic
-from art2mus.models.aligner import weights_sha256
+from art2mus.models.aligner import state_dict_sha256
 from art2mus.models.loader import load_backbone
 from art2mus.models.pipeline import save_model
 from art2mus.stages import OpenRun
@@ -122,7 +122,7 @@ def run(params_file: str | Path, open_run: OpenRun, resume: bool = True) -> None
             remove_interrupted_writes(path)
         with atomic_path(out / "aligner") as tmp:
             result.aligner.save_pretrained(tmp)
-        digest = weights_sha256(result.aligner)
+        digest = state_dict_sha256(result.aligner)  # persisted as `weights_sha256` (record, model.json, tags)
         record = TrainRecord(mlflow_run_id=tracked.run_id, weights_sha256=digest, prior=prior_id,
                              backbone={k: v for k, v in backbone.info.items() if k != "tiny"},
                              image_encoder_id=encoder_id, train_pairs=len(data), steps=config.steps,

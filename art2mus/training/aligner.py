@@ -39,8 +39,11 @@ STATE_KEYS = ("step", "optimizer", "schedule", "losses")  # what a resume reads 
 CORRUPT_PREFIX = "corrupt-"  # an unreadable checkpoint, set aside: `corrupt-step-NNNNNNN`
 
 
+Pair = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (image embedding, latent mean, latent std)
+
+
 @dataclass
-class AlignerData:
+class AlignerData(torch.utils.data.Dataset[Pair]):
     """Training pairs: frozen image embeddings and the latent posteriors of their tracks' crops.
 
     A step trains on `latents + latent_std * noise` (the noise from the step's generator): a sample of
@@ -60,12 +63,12 @@ class AlignerData:
     def __len__(self) -> int:
         return len(self.latents)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> Pair:
         std = self.latent_std[i] if self.latent_std is not None else torch.zeros_like(self.latents[i])
         return self.image_embeds[i], self.latents[i], std
 
 
-class StreamedPairs(torch.utils.data.Dataset):
+class StreamedPairs(torch.utils.data.Dataset[Pair]):
     """Training pairs read lazily: image embeddings in memory (small), latent posteriors from
     memory-mapped shards (`art2mus.data.latents.LatentPosteriors`), one (embedding, mean, std) per item."""
 
@@ -77,7 +80,7 @@ class StreamedPairs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.posteriors)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> Pair:
         mean, std = self.posteriors[i]
         return self.image_embeds[i], mean.float(), std.float()
 
@@ -292,7 +295,8 @@ def save_checkpoint(
             "schedule": schedule.state_dict(),
             "losses": losses,
             "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state()[1].tolist(),
+            # numpy's stub types get_state() as the dict of legacy=False; the default gives the legacy tuple.
+            "numpy_rng": np.random.get_state()[1].tolist(),  # type: ignore[index]
             "python_rng": random.getstate()[1],
             "config": params.model_dump(mode="json"),
             "fingerprint": fingerprint,
@@ -303,7 +307,7 @@ def save_checkpoint(
 
 
 def train_aligner(
-    data: AlignerData,
+    data: AlignerData | StreamedPairs,
     backbone: Backbone,
     params: TrainParams,
     out_dir: Path,
@@ -348,8 +352,9 @@ def train_aligner(
     if accelerator.num_processes > 1:
         broadcast_object_list(choice, from_process=0)
     checkpoint = Path(choice[0]) if choice[0] else None
-    state = torch.load(checkpoint / STATE_FILE, weights_only=True) if checkpoint is not None else None
-    if state is not None:
+    state = None
+    if checkpoint is not None:
+        state = torch.load(checkpoint / STATE_FILE, weights_only=True)
         aligner.load_state_dict(ImageAligner.from_pretrained(checkpoint / "aligner").state_dict())
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from art2mus.config import AudioParams, BackboneParams, PriorParams
 from art2mus.models.audio import log_mel, mel_transform, model_crop, read_mono
 from art2mus.models.backbone import Backbone
-from art2mus.models.tiny import build_tiny_backbone
+from art2mus.models.tiny import build_tiny_backbone, tiny_parts
 from art2mus.training.diffusion import diffusion_target, sample_noise_and_timesteps
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,9 @@ def train_prior(
     transform = mel_transform(audio)
     backbone = build_tiny_backbone(backbone_params, audio, seed=params.seed)
     # The codec's statistics come from the fixed crops: exactly what `latents` will encode.
-    backbone.codec.fit(log_mel(torch.from_numpy(np.stack([model_crop(w, audio) for w in waves])), audio, transform))
-    trained = [backbone.unet, backbone.language_model, backbone.audio_encoder]
+    codec, _, audio_encoder = tiny_parts(backbone)
+    codec.fit(log_mel(torch.from_numpy(np.stack([model_crop(w, audio) for w in waves])), audio, transform))
+    trained = [backbone.unet, backbone.language_model, audio_encoder]
     for module in trained:
         module.train()
     parameters = [p for module in trained for p in module.parameters()]
@@ -93,7 +94,7 @@ def train_prior(
                 sample_crops(waves, audio, params.batch_size, params.random_crops, generator, transform))
         noise, timesteps = sample_noise_and_timesteps(latents, backbone.scheduler, generator)
         noisy = backbone.scheduler.add_noise(latents, noise, timesteps)
-        loa = backbone.language_of_audio(backbone.audio_encoder(latents))
+        loa = backbone.language_of_audio(audio_encoder(latents))
         dropped = torch.rand(latents.shape[0], generator=generator) < params.cond_dropout
         loa = torch.where(dropped[:, None, None], null_loa.expand_as(loa), loa)
         prediction = backbone.predict(noisy, timesteps, loa)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from art2mus.config import AudioParams, BackboneParams, TrainParams
-from art2mus.models.aligner import weights_sha256
+from art2mus.models.aligner import state_dict_sha256
 from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training import aligner
 from art2mus.training.aligner import AlignerData, train_aligner
@@ -33,7 +33,7 @@ def main(out: Path) -> None:
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
-    record = {"world": world, "rank": rank, "backend": backend, "sha": weights_sha256(result.aligner),
+    record = {"world": world, "rank": rank, "backend": backend, "sha": state_dict_sha256(result.aligner),
               "losses": [loss for _, loss in result.losses], "read_checkpoints": bool(READ)}
     (out / f"rank{rank}.json").write_text(json.dumps(record))
 

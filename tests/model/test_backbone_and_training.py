@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from art2mus.config import AudioParams, BackboneParams, TrainParams
-from art2mus.models.aligner import ImageAligner, weights_sha256
+from art2mus.models.aligner import ImageAligner, state_dict_sha256
 from art2mus.models.audio import GriffinLimVocoder, MelCodec
 from art2mus.models.backbone import BackboneError
 from art2mus.models.loader import load_backbone
@@ -55,7 +55,7 @@ def test_tiny_backbone_round_trips_through_save_pretrained_and_the_loader(backbo
         expected = backbone.predict(latents, timesteps, backbone.language_of_audio(inputs))
         actual = loaded.predict(latents, timesteps, loaded.language_of_audio(inputs))
     assert torch.equal(expected, actual)
-    assert loaded.info["profile"] == "tiny" and len(loaded.info["weights_sha256"]) == 64
+    assert loaded.info["profile"] == "tiny" and len(loaded.info["folder_sha256"]) == 64
     assert torch.equal(loaded.null_loa, torch.zeros(1, 8, backbone.lm_width))
     assert not any(p.requires_grad for module in loaded.modules() for p in module.parameters())
     assert not loaded.language_model.training  # frozen parts are in eval mode (GPT-2 has dropout)
@@ -100,7 +100,7 @@ def test_aligner_shapes_and_save_pretrained(tmp_path: Path) -> None:
     aligner.save_pretrained(tmp_path / "aligner")
     assert (tmp_path / "aligner" / "diffusion_pytorch_model.safetensors").is_file()
     again = ImageAligner.from_pretrained(tmp_path / "aligner")
-    assert weights_sha256(again) == weights_sha256(aligner)
+    assert state_dict_sha256(again) == state_dict_sha256(aligner)
 
 
 def test_training_target_follows_the_scheduler_prediction_type(backbone) -> None:
@@ -150,7 +150,7 @@ def test_resume_after_interruption_reaches_the_same_weights(backbone, tmp_path: 
                       log_loss=die_after_step_14)
     resumed = train_aligner(data, backbone, SMOKE, tmp_path / "killed", resume=True, quiet=True, fingerprint="f")
     assert resumed.resumed_from == 10
-    assert weights_sha256(resumed.aligner) == weights_sha256(whole.aligner)
+    assert state_dict_sha256(resumed.aligner) == state_dict_sha256(whole.aligner)
     assert [round(loss, 6) for _, loss in resumed.losses] == [round(loss, 6) for _, loss in whole.losses]
 
 

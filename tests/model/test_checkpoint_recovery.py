@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from art2mus.config import AudioParams, BackboneParams, TrainParams
-from art2mus.models.aligner import weights_sha256
+from art2mus.models.aligner import state_dict_sha256
 from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training.aligner import CHECKPOINTS_DIR, STATE_FILE, AlignerData, train_aligner
 from tests.helpers import BIN, copy_project, project_env
@@ -42,7 +42,7 @@ def data(backbone) -> AlignerData:
 def uninterrupted(backbone, data, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The weights' hash of a run that was never interrupted."""
     result = train_aligner(data, backbone, PARAMS, tmp_path_factory.mktemp("whole"), quiet=True, fingerprint="f")
-    return weights_sha256(result.aligner)
+    return state_dict_sha256(result.aligner)
 
 
 def truncate(path: Path) -> None:
@@ -66,7 +66,7 @@ def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_previous_one_resum
     with caplog.at_level(logging.INFO, logger="art2mus.training.aligner"):
         resumed = train_aligner(data, backbone, PARAMS, tmp_path, resume=True, quiet=True, fingerprint="f")
     assert resumed.resumed_from == 5
-    assert weights_sha256(resumed.aligner) == uninterrupted
+    assert state_dict_sha256(resumed.aligner) == uninterrupted
     # Set aside, not deleted; neither pruned nor counted among the checkpoints kept.
     aside = tmp_path / CHECKPOINTS_DIR / "corrupt-step-0000006"
     assert checkpoint_names(tmp_path) == ["corrupt-step-0000006", "step-0000005", "step-0000006"]
@@ -78,7 +78,7 @@ def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_previous_one_resum
     truncate(tmp_path / CHECKPOINTS_DIR / "step-0000006" / damaged)
     again = train_aligner(data, backbone, PARAMS, tmp_path, resume=True, quiet=True, fingerprint="f")
     assert again.resumed_from == 5
-    assert weights_sha256(again.aligner) == uninterrupted
+    assert state_dict_sha256(again.aligner) == uninterrupted
     assert checkpoint_names(tmp_path) == ["corrupt-step-0000006", "corrupt-step-0000006-1", "step-0000005",
                                           "step-0000006"]
 
@@ -93,7 +93,7 @@ def test_when_no_checkpoint_can_be_read_training_starts_fresh_and_keeps_them_asi
     with caplog.at_level(logging.INFO, logger="art2mus.training.aligner"):
         result = train_aligner(data, backbone, PARAMS, tmp_path, resume=True, quiet=True, fingerprint="f")
     assert result.resumed_from == 0
-    assert weights_sha256(result.aligner) == uninterrupted
+    assert state_dict_sha256(result.aligner) == uninterrupted
     assert checkpoint_names(tmp_path) == ["corrupt-step-0000005", "corrupt-step-0000006", "step-0000005",
                                           "step-0000006"]
     messages = [record.getMessage() for record in caplog.records]

@@ -15,7 +15,7 @@ from safetensors import safe_open
 import art2mus.io
 from art2mus.errors import Art2MusError
 from art2mus.io import sha256_file, sha256_tree
-from art2mus.models.aligner import ImageAligner, weights_sha256
+from art2mus.models.aligner import ImageAligner, state_dict_sha256
 from art2mus.models.backbone import BackboneError
 from art2mus.models.encoders import build_tiny_image_encoder
 from art2mus.models.pipeline import Art2MusPipeline
@@ -31,7 +31,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A tiny packaged model whose model.json records its parts as the train stage does (hashes computed here
     from the saved files, not by the loader under test)."""
     folder = build_tiny_model(tmp_path_factory.mktemp("model"))
-    record = {"weights_sha256": weights_sha256(ImageAligner.from_pretrained(folder / "aligner")),
+    record = {"weights_sha256": state_dict_sha256(ImageAligner.from_pretrained(folder / "aligner")),
               "prior": f"tiny@{sha256_tree(folder / 'prior')}",
               "image_encoder_id": build_tiny_image_encoder().encoder_id}
     info = json.loads((folder / MODEL_FILE).read_text())
@@ -56,7 +56,7 @@ def flip_last_byte(file: Path) -> None:
 
 def test_an_intact_model_reports_the_hashes_it_loaded(model: Path, trained: tuple[Path, dict]) -> None:
     pipeline = Art2MusPipeline.from_pretrained(model, device="cpu")
-    assert pipeline.info["weights_sha256"] == weights_sha256(pipeline.aligner) == trained[1]["weights_sha256"]
+    assert pipeline.info["weights_sha256"] == state_dict_sha256(pipeline.aligner) == trained[1]["weights_sha256"]
     assert pipeline.info["prior"] == pipeline.backbone.info["identity"] == trained[1]["prior"]
     assert sorted(pipeline.info["verified_on_load"]) == ["image_encoder_id", "prior", "weights_sha256"]
 
@@ -64,7 +64,7 @@ def test_an_intact_model_reports_the_hashes_it_loaded(model: Path, trained: tupl
 def test_a_bit_flipped_aligner_is_refused_naming_the_file_and_both_hashes(model: Path,
                                                                           trained: tuple[Path, dict]) -> None:
     flip_last_byte(model / ALIGNER_WEIGHTS)
-    flipped = weights_sha256(ImageAligner.from_pretrained(model / "aligner"))
+    flipped = state_dict_sha256(ImageAligner.from_pretrained(model / "aligner"))
     assert flipped != trained[1]["weights_sha256"]
     with pytest.raises(Art2MusError) as refused:
         Art2MusPipeline.from_pretrained(model, device="cpu")
@@ -96,7 +96,7 @@ def test_without_a_record_the_loaded_hashes_are_reported(model: Path) -> None:
     (model / MODEL_FILE).write_text(json.dumps(info))
     flip_last_byte(model / ALIGNER_WEIGHTS)  # nothing recorded to compare with: it loads, and says what it loaded
     pipeline = Art2MusPipeline.from_pretrained(model, device="cpu")
-    assert pipeline.info["weights_sha256"] == weights_sha256(pipeline.aligner)
+    assert pipeline.info["weights_sha256"] == state_dict_sha256(pipeline.aligner)
     assert pipeline.info["verified_on_load"] == []
 
 

@@ -13,7 +13,7 @@ import torch
 
 from art2mus.config import AudioParams, BackboneParams, TrainParams
 from art2mus.data.latents import CACHE_DIR, LatentPosteriors, cache_key, compute_latents, load_latent_index
-from art2mus.models.aligner import weights_sha256
+from art2mus.models.aligner import state_dict_sha256
 from art2mus.models.audio import CROP_VERSION
 from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training import aligner as aligner_module
@@ -122,7 +122,7 @@ def test_training_streamed_from_shards_equals_training_from_memory(backbone, tmp
                          hidden_dim=16)
     from_memory = train_aligner(AlignerData(embeds, means, stds), backbone, params, tmp_path / "a", quiet=True)
     from_shards = train_aligner(streamed, backbone, params, tmp_path / "b", quiet=True)
-    assert weights_sha256(from_shards.aligner) == weights_sha256(from_memory.aligner)
+    assert state_dict_sha256(from_shards.aligner) == state_dict_sha256(from_memory.aligner)
     assert from_shards.losses == from_memory.losses
 
 

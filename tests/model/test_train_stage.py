@@ -127,7 +127,7 @@ def train_runs(root: Path) -> dict:
 def test_train_stage_under_torchrun_trains_data_parallel_and_only_rank_zero_tracks_and_writes(
     pipeline_repo: Path, tmp_path: Path
 ) -> None:
-    from art2mus.models.aligner import weights_sha256
+    from art2mus.models.aligner import state_dict_sha256
     from art2mus.models.pipeline import Art2MusPipeline
 
     root = small_train_project(pipeline_repo, tmp_path / "project")
@@ -154,4 +154,4 @@ def test_train_stage_under_torchrun_trains_data_parallel_and_only_rank_zero_trac
     assert len(pd.read_csv(root / "models/plots/train_loss.csv")) == SMALL_TRAIN["steps"]
     assert interrupted_writes(root) == []
     pipeline = Art2MusPipeline.from_pretrained(root / "models/art2mus")
-    assert weights_sha256(pipeline.aligner) == written["weights_sha256"]
+    assert state_dict_sha256(pipeline.aligner) == written["weights_sha256"]

@@ -112,10 +112,7 @@ def encoder_id_for(spec: EncoderSpec, role: str) -> str:
 
 
 def load_image_encoder(spec: EncoderSpec, device: str = "cpu") -> ImageEncoder:
-    """The image encoder `spec` names, ready to embed (weights from a local path or the hub).
-
-    `device`: a torch device name, or "auto" for `default_device()` (cuda when a GPU is visible).
-    """
+    """The image encoder `spec` names, ready to embed on `device` (a torch device name, or "auto")."""
     encoder_id = encoder_id_for(spec, "image")
     device = resolve_device(device)
     if spec.name == "tiny" and not spec.source:
@@ -126,16 +123,15 @@ def load_image_encoder(spec: EncoderSpec, device: str = "cpu") -> ImageEncoder:
 
 
 def load_audio_embedder(spec: EncoderSpec, device: str = "cpu") -> AudioEmbedder:
-    """The audio embedder `spec` names, ready to embed (weights from a local path or the hub).
-
-    `device`: a torch device name, or "auto" for `default_device()` (cuda when a GPU is visible).
-    """
+    """The audio embedder `spec` names, ready to embed on `device` (a torch device name, or "auto")."""
     encoder_id = encoder_id_for(spec, "audio")
     device = resolve_device(device)
     if spec.name == "tiny" and not spec.source:
         return build_tiny_audio_embedder(device=device)
     if spec.name == "tiny":
-        return load_tiny_audio(resolve_local(spec.source, "tiny", "audio"), encoder_id, device)
+        local = resolve_local(spec.source, "tiny", "audio")
+        assert local is not None  # encoder_id_for raised for a tiny source that is no local path
+        return load_tiny_audio(local, encoder_id, device)
     if spec.name == "clap":
         return load_clap(spec, encoder_id, device)
     return ImageBindAudioEmbedder(load_imagebind_model(spec, "audio", device), encoder_id, device)

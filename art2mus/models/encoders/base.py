@@ -198,3 +198,13 @@ def load_hf(loader: Any, source: str, revision: str, kind: str, role: str, local
 def load_hf_model(loader: Any, source: str, revision: str, kind: str, role: str, local: bool) -> Any:
     """A transformers model in float32 (`WEIGHT_DTYPE`), whatever dtype its config.json names."""
     return load_hf(loader, source, revision, kind, role, local, dtype=WEIGHT_DTYPE)
+
+
+def load_hf_with_preprocessor(model_class: Any, preprocessor_class: Any, spec: EncoderSpec, role: str,
+                              default_source: str) -> tuple[Any, Any]:
+    """A model (float32) and its processor or feature extractor, from `spec`'s local directory or hub id."""
+    local = resolve_local(spec.source, spec.name, role)
+    source = str(local) if local else (spec.source or default_source)
+    model = load_hf_model(model_class, source, spec.revision, spec.name, role, local is not None)
+    preprocessor = load_hf(preprocessor_class, source, spec.revision, spec.name, role, local is not None)
+    return model, preprocessor

@@ -14,14 +14,7 @@ import numpy as np
 import torch
 
 from art2mus.config import EncoderSpec
-from art2mus.models.encoders.base import (
-    DEFAULT_SOURCES,
-    load_hf,
-    load_hf_model,
-    resample,
-    resolve_device,
-    resolve_local,
-)
+from art2mus.models.encoders.base import DEFAULT_SOURCES, load_hf_with_preprocessor, resample, resolve_device
 
 
 class ClapAudioEmbedder:
@@ -64,8 +57,6 @@ def load_clap(spec: EncoderSpec, encoder_id: str, device: str = "cpu") -> ClapAu
     """A CLAP model and its feature extractor from a local directory or the hub, in float32."""
     from transformers import ClapFeatureExtractor, ClapModel
 
-    local = resolve_local(spec.source, spec.name, "audio")
-    source = str(local) if local else (spec.source or DEFAULT_SOURCES["clap"])
-    model = load_hf_model(ClapModel, source, spec.revision, spec.name, "audio", local is not None)
-    feature_extractor = load_hf(ClapFeatureExtractor, source, spec.revision, spec.name, "audio", local is not None)
+    model, feature_extractor = load_hf_with_preprocessor(ClapModel, ClapFeatureExtractor, spec, "audio",
+                                                         DEFAULT_SOURCES["clap"])
     return ClapAudioEmbedder(model, feature_extractor, encoder_id, device)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from art2mus.config import EncoderSpec
-from art2mus.models.encoders.base import DEFAULT_SOURCES, load_hf, load_hf_model, resolve_device, resolve_local, rgb
+from art2mus.models.encoders.base import DEFAULT_SOURCES, load_hf_with_preprocessor, resolve_device, rgb
 
 
 class ClipImageEncoder:
@@ -46,8 +46,6 @@ def load_clip(spec: EncoderSpec, encoder_id: str, device: str = "cpu") -> ClipIm
     """A CLIP vision tower (or a saved tiny one) from a local directory or the hub, in float32."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    local = resolve_local(spec.source, spec.name, "image")
-    source = str(local) if local else (spec.source or DEFAULT_SOURCES["clip"])
-    model = load_hf_model(CLIPVisionModelWithProjection, source, spec.revision, spec.name, "image", local is not None)
-    processor = load_hf(CLIPImageProcessor, source, spec.revision, spec.name, "image", local is not None)
+    model, processor = load_hf_with_preprocessor(CLIPVisionModelWithProjection, CLIPImageProcessor, spec, "image",
+                                                 DEFAULT_SOURCES["clip"])
     return ClipImageEncoder(model, processor, encoder_id, device)

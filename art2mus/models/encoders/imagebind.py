@@ -163,7 +163,7 @@ class ImageBindAudioEmbedder:
     """ImageBind's audio branch: 3 clips of 2 s, 128-bin kaldi fbank, exactly as imagebind/data.py."""
 
     shared_space: str | None = "imagebind"
-    sample_rate: int = IMAGEBIND_AUDIO["sample_rate"]
+    sample_rate: int = int(IMAGEBIND_AUDIO["sample_rate"])
 
     def __init__(self, model: Any, encoder_id: str, device: str = "cpu") -> None:
         import_imagebind()  # its data helpers below need the shim

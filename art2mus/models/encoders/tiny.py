@@ -30,7 +30,7 @@ from art2mus.models.encoders.clip import ClipImageEncoder
 
 TINY_SEED = 0
 TINY_VERSION = 1  # bump when the tiny architectures or their pooling change
-TINY_IMAGE_CONFIG = {
+TINY_IMAGE_CONFIG: dict[str, Any] = {
     "hidden_size": 256,
     "intermediate_size": 512,
     "num_hidden_layers": 2,
@@ -39,8 +39,8 @@ TINY_IMAGE_CONFIG = {
     "patch_size": 8,
     "projection_dim": 256,
 }
-TINY_IMAGE_PROCESSOR = {"size": {"shortest_edge": 64}, "crop_size": {"height": 64, "width": 64}}
-TINY_AUDIO_CONFIG = {
+TINY_IMAGE_PROCESSOR: dict[str, Any] = {"size": {"shortest_edge": 64}, "crop_size": {"height": 64, "width": 64}}
+TINY_AUDIO_CONFIG: dict[str, Any] = {
     "num_channels": 1,
     "embedding_size": 32,
     "hidden_sizes": [32, 64],
@@ -55,6 +55,7 @@ def tiny_digest(role: str, seed: int = TINY_SEED) -> str:
     """Hash of everything that determines a tiny model built in code."""
     import transformers
 
+    recipe: dict[str, Any]
     if role == "image":
         recipe = {"arch": "CLIPVisionModelWithProjection", "config": TINY_IMAGE_CONFIG,
                   "processor": TINY_IMAGE_PROCESSOR}
@@ -134,7 +135,8 @@ def build_tiny_audio_embedder(seed: int = TINY_SEED, device: str = "cpu") -> Tin
     """The tiny audio embedder: a toy ResNet on log-mels, seeded (same weights every time)."""
     from transformers import ResNetConfig, ResNetModel
 
-    config = ResNetConfig(**TINY_AUDIO_CONFIG, **{LOG_MEL_KEY: dict(TINY_LOG_MEL)})
+    front_end: dict[str, Any] = {LOG_MEL_KEY: dict(TINY_LOG_MEL)}  # kept in config.json as an extra key
+    config = ResNetConfig(**TINY_AUDIO_CONFIG, **front_end)
     model = seeded_build(lambda: ResNetModel(config), seed)
     return TinyAudioEmbedder(model, tiny_encoder_id("audio", seed), device)
 
