@@ -18,13 +18,19 @@ retries, timeouts, mutual exclusion and the order of the steps, never a second i
 - A registered version gets its model card and licence summary once (art2mus.tracking.modelcard);
   the licence policy (`promotion.intended_use`) is checked before any scoring and again before
   promoting; every run publishes a change report against the champion (art2mus.tracking.changes).
+
+Run as `python -m flows.retrain run|serve ...` in the project root (`main`): `art2mus retrain` and
+`art2mus schedule` start it so, as DVC starts `python -m stages.<name>`; the library never imports flows.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -33,9 +39,11 @@ from prefect.artifacts import create_markdown_artifact
 from art2mus.alerts import notify_failure
 from art2mus.config import Params, load_params
 from art2mus.data.schema import GATES, REPORTS_DIR
+from art2mus.env import configure_environment, project_root
 from art2mus.errors import Art2MusError
 from art2mus.locks import concurrency_slot, file_lock, prefect_server_url
 from art2mus.orchestration import dvc_runner
+from art2mus.orchestration.console import flow_errors, report_failure, setup_flow_logging
 from art2mus.orchestration.dvc_runner import ReproFailed, ReproReport
 from art2mus.orchestration.outcome import RetrainOutcome, conclude, summary_markdown
 from art2mus.orchestration.retries import task_options
@@ -44,7 +52,14 @@ from art2mus.tracking.client import registry_client
 from art2mus.tracking.licences import summary_lines, version_licences
 from art2mus.tracking.lineage import collect_lineage
 from art2mus.tracking.modelcard import CARD_FILE, document_version
-from art2mus.tracking.registry import MODEL_NAME, RegisteredVersion, champion_version, get_version, register_model
+from art2mus.tracking.registry import (
+    MODEL_NAME,
+    RegisteredVersion,
+    champion_version,
+    get_version,
+    register_model,
+    require_registry,
+)
 from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment, git_state
 from art2mus.tracking.verdict import Verdict, decide_version, promote_version
 from art2mus.workspace import MODEL_DIR, RETRAIN_LOCK, TRAIN_RECORD, TrainRecord, tracking_uri
@@ -249,6 +264,7 @@ def retrain(project_dir: str = ".", wait_seconds: float = DEFAULT_WAIT_SECONDS) 
     with retrain_slot(CONCURRENCY_LIMIT, wait_seconds, logger), project_lock(root, wait_seconds, logger):
         params = load_params(root / "params.yaml")  # as it is once this retrain has the project
         with environment({"MLFLOW_TRACKING_URI": tracking_uri(root)}):
+            require_registry(registry_client(root))  # a store still under the former name: say so before dvc repro
             run_id = open_tracking_run(root, params.tracking.experiment, str(flow_run.name))
             outcome, error = None, None
             try:
@@ -263,17 +279,21 @@ def retrain(project_dir: str = ".", wait_seconds: float = DEFAULT_WAIT_SECONDS) 
     return outcome
 
 
+def reproduce_or_explain(root: Path) -> ReproReport:
+    """`dvc repro`'s report; when a gate's stage failed, the gate's verdict (GateFailed with its summary)."""
+    try:
+        return reproduce(root)
+    except ReproFailed as error:
+        failure = error  # raised below, outside the except clause: a GateFailed is not "during handling" it
+    if failure.stage in GATES:
+        enforce_gates(root, failure.stage)
+    raise failure  # the stage stopped before its verdict (bad input), or another stage or DVC failed
+
+
 def retrain_steps(root: Path, params: Params, by: str) -> RetrainOutcome:
     """The tasks in order; `by` is who promotions are recorded as made by."""
     sync_data(root)
-    try:
-        report, failure = reproduce(root), None
-    except ReproFailed as error:
-        report, failure = None, error
-    if failure is not None:
-        if failure.stage in GATES:
-            enforce_gates(root, failure.stage)  # the gate's verdict: raises GateFailed with the summary in its report
-        raise failure  # the stage stopped before its verdict (bad input), or another stage or DVC failed
+    report = reproduce_or_explain(root)
     enforce_gates(root)
     registered = register(root, params.tracking.experiment)
     document(root, registered.version, params)
@@ -287,3 +307,64 @@ def retrain_steps(root: Path, params: Params, by: str) -> RetrainOutcome:
                        params.promotion.require_approval)
     create_markdown_artifact(summary_markdown(outcome), key="retrain-summary", description=outcome.message[:500])
     return outcome
+
+
+def run_now(root: Path, wait_seconds: float) -> None:
+    """One retrain, then what it did on stdout (what `art2mus retrain` prints before the champion)."""
+    started = time.monotonic()
+    outcome = retrain(project_dir=str(root), wait_seconds=wait_seconds)
+    print(f"retrain: {outcome.message}")
+    print(f"stages ran: {', '.join(outcome.ran) or 'none'}; skipped: {', '.join(outcome.skipped) or 'none'}")
+    print(f"took {time.monotonic() - started:.1f} s (dvc repro {outcome.repro_seconds:.1f} s)")
+
+
+def serve_on_schedule(root: Path, name: str, cron: str, timezone: str, wait_seconds: float) -> None:
+    """Serve the flow as deployment `name` on the Prefect server of PREFECT_API_URL until interrupted."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.schedules import Cron
+
+    try:
+        CronSchedule(cron=cron, timezone=timezone)  # checks both; prefect.schedules.Cron does not
+    except ValueError as error:
+        raise Art2MusError(f"--cron {cron!r} / --timezone {timezone!r}: {error}") from None
+    print(f"schedule: serving {name} ({cron} {timezone}) on {os.environ.get('PREFECT_API_URL')}; Ctrl-C stops it",
+          flush=True)
+    retrain.serve(name=name, schedule=Cron(cron, timezone=timezone),
+                  parameters={"project_dir": str(root), "wait_seconds": wait_seconds}, tags=["art2mus"],
+                  print_starting_message=False)
+
+
+def arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m flows.retrain", description="The retrain flow of this project.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="Retrain now.")
+    run.add_argument("--wait", type=float, default=DEFAULT_WAIT_SECONDS, help="Seconds to wait for another retrain.")
+    run.add_argument("--quiet", action="store_true", help="Only warnings and errors.")
+    serve = commands.add_parser("serve", help="Serve the flow on a cron schedule (needs PREFECT_API_URL).")
+    serve.add_argument("--name", required=True)
+    serve.add_argument("--cron", required=True)
+    serve.add_argument("--timezone", default="UTC")
+    serve.add_argument("--wait", type=float, default=DEFAULT_WAIT_SECONDS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run or serve the flow; expected errors end as one line on stderr and exit code 1, not a traceback."""
+    options = arguments(argv)
+    setup_flow_logging(options.command == "run" and options.quiet)
+    root = configure_environment(project_root())
+    # A first start migrates Prefect's database; on a busy machine that outlasts Prefect's 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    command = "retrain" if options.command == "run" else "schedule"
+    try:
+        if options.command == "run":
+            run_now(root, options.wait)
+        else:
+            serve_on_schedule(root, options.name, options.cron, options.timezone, options.wait)
+    except flow_errors() as error:
+        return report_failure(command, error)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,7 @@ from art2mus.errors import Art2MusError
 from art2mus.logs import setup_logging
 from art2mus.tracking.audit import trace, unavailable, versions_using
 from art2mus.tracking.client import registry_client
+from art2mus.tracking.registry import CHAMPION_URI, MODEL_NAME, require_registry
 from art2mus.tracking.runs import flatten
 
 FOUND, NOT_FOUND, ERROR = 0, 1, 2
@@ -114,7 +115,7 @@ def reverse_text(found: dict[str, Any]) -> list[str]:
 
 
 def lineage(
-    model: Annotated[str | None, typer.Argument(help="models:/art2mus-aligner@champion or models:/art2mus-aligner/3.")]
+    model: Annotated[str | None, typer.Argument(help=f"{CHAMPION_URI} or models:/{MODEL_NAME}/3.")]
     = None,
     data: Annotated[str | None, typer.Option("--data", help="A file or folder path, or a DVC md5: list every "
                                                 "version whose training data included it.")] = None,
@@ -134,7 +135,12 @@ def lineage(
         from mlflow.exceptions import MlflowException
 
         client = registry_client(root)
-        result = trace(client, model, root) if model is not None else versions_using(client, data, root)
+        require_registry(client)
+        if model is not None:
+            result = trace(client, model, root)
+        else:
+            assert data is not None  # exactly one of the two, checked above
+            result = versions_using(client, data, root)
     except (Art2MusError, MlflowException) as error:
         typer.echo(f"art2mus: lineage: {error}", err=True)
         raise typer.Exit(ERROR) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,7 +13,7 @@ from art2mus.cli.alerts import app as alerts_app
 from art2mus.cli.fad import fad
 from art2mus.cli.gc import gc
 from art2mus.cli.lineage import lineage
-from art2mus.cli.registry import history, promote, rollback, tracking_app
+from art2mus.cli.registry import history, promote, registry_app, rollback, tracking_app
 from art2mus.cli.remote import remote_app
 from art2mus.cli.retrain import retrain, schedule
 from art2mus.config import load_params
@@ -23,7 +23,12 @@ from art2mus.errors import Art2MusError
 from art2mus.io import read_table
 from art2mus.logs import setup_logging
 from art2mus.tracking import stage_run
+from art2mus.tracking.client import registry_client
+from art2mus.tracking.registry import CHAMPION_URI, MODEL_NAME, require_registry
 from art2mus.workspace import MODEL_DIR, TRAIN_RECORD, TrainRecord
+
+if TYPE_CHECKING:
+    from art2mus.models.pipeline import GenerationConfig, SchedulerName
 
 app = typer.Typer(help="Paintings to music: data, training, evaluation and registry.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -35,6 +40,38 @@ Params = Annotated[Path, typer.Option("--params", help="The params file.")]
 def fail(command: str, error: Exception) -> None:
     typer.echo(f"art2mus: {command}: {error}", err=True)
     raise typer.Exit(1)
+
+
+def check_registry_uri(model: str, root: Path) -> None:
+    """A models:/ URI of our registered model in a store that holds it under its former name only: say how
+    to migrate rather than let MLflow answer that the model does not exist."""
+    if model.startswith((f"models:/{MODEL_NAME}@", f"models:/{MODEL_NAME}/")):
+        require_registry(registry_client(root))
+
+
+def scheduler_name(name: str) -> SchedulerName:
+    """--scheduler checked against the schedulers generation knows."""
+    if name == "ddim":
+        return "ddim"
+    if name == "dpmsolver++":
+        return "dpmsolver++"
+    raise typer.BadParameter(f"{name!r}: choose dpmsolver++ or ddim", param_hint="--scheduler")
+
+
+def generation_config(scheduler: str | None, steps: int | None, guidance: float | None, seconds: float | None,
+                      seed: int | None, batch_size: int | None) -> GenerationConfig:
+    """The options given, GenerationConfig's defaults for those left out."""
+    from art2mus.models.pipeline import GenerationConfig
+
+    default = GenerationConfig()
+    return GenerationConfig(
+        scheduler=default.scheduler if scheduler is None else scheduler_name(scheduler),
+        steps=default.steps if steps is None else steps,
+        guidance_scale=default.guidance_scale if guidance is None else guidance,
+        seconds=default.seconds if seconds is None else seconds,
+        seed=default.seed if seed is None else seed,
+        batch_size=default.batch_size if batch_size is None else batch_size,
+    )
 
 
 @app.command()
@@ -148,14 +185,12 @@ def generate(
     GenerationConfig's defaults."""
     # torch, diffusers: only when generating (the CLI starts without them)
     from art2mus.generation import generate_files, shown_path
-    from art2mus.models.pipeline import GenerationConfig
 
     setup_logging(quiet)
-    configure_environment()
-    chosen = {"scheduler": scheduler, "steps": steps, "guidance_scale": guidance, "seconds": seconds, "seed": seed,
-              "batch_size": batch_size}
-    config = GenerationConfig(**{name: value for name, value in chosen.items() if value is not None})
+    root = configure_environment()
+    config = generation_config(scheduler, steps, guidance, seconds, seed, batch_size)
     try:
+        check_registry_uri(model, root)
         report = generate_files(images, out, model, config)
     except Art2MusError as error:
         fail("generate", error)
@@ -169,7 +204,7 @@ def generate(
 @app.command()
 def evaluate(
     model: Annotated[str, typer.Option(help="A packaged model folder or an MLflow URI "
-                                             "(runs:/..., models:/art2mus-aligner@champion).")] = str(MODEL_DIR),
+                                             f"(runs:/..., {CHAMPION_URI}).")] = str(MODEL_DIR),
     split: Annotated[str | None, typer.Option(help="train, val or test (default: evaluate.split).")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Output folder (default: "
                                                 "<evaluate.out_dir>-<split>-<weights hash>).")] = None,
@@ -182,6 +217,7 @@ def evaluate(
     setup_logging(quiet)
     root = configure_environment(project_root())
     try:
+        check_registry_uri(model, root)
         evaluation, out_dir = evaluate_uri(model, load_params(params_file), split, out, root)
     except (Art2MusError, ValueError) as error:
         fail("evaluate", error)
@@ -227,6 +263,7 @@ app.command("lineage")(lineage)
 app.command("gc")(gc)
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(remote_app, name="remote")
+app.add_typer(registry_app, name="registry")
 app.add_typer(tracking_app, name="tracking")
 
 

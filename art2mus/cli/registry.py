@@ -1,4 +1,5 @@
-"""`art2mus promote`, `rollback`, `history`: the champion alias of `art2mus-aligner`, by hand;
+"""`art2mus promote`, `rollback`, `history`: the champion alias of `art2mus`, by hand;
+`art2mus registry migrate`: a store's `art2mus-aligner` copied to `art2mus`;
 `art2mus tracking relocate`: a copied or moved project's store pointed at its own artifacts."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from art2mus.errors import Art2MusError
 from art2mus.logs import setup_logging
 from art2mus.tracking.client import registry_client
 from art2mus.tracking.licences import check_licences, version_licences
-from art2mus.tracking.registry import MODEL_NAME, get_version
+from art2mus.tracking.registry import FORMER_MODEL_NAME, MODEL_NAME, Migration, get_version, migrate_former_name
 from art2mus.tracking.registry import history as promotion_history
 from art2mus.tracking.registry import promote as promote_version
 from art2mus.tracking.registry import rollback as rollback_champion
@@ -34,11 +35,17 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and er
 logger = logging.getLogger(__name__)
 
 tracking_app = typer.Typer(no_args_is_help=True)
+registry_app = typer.Typer(no_args_is_help=True)
 
 
 @tracking_app.callback()
 def tracking() -> None:
     """The project's MLflow tracking store."""  # a callback keeps `relocate` a subcommand
+
+
+@registry_app.callback()
+def registry() -> None:
+    """The registered model `art2mus` in the project's MLflow store."""  # a callback keeps `migrate` a subcommand
 
 
 def current_user() -> str:
@@ -148,3 +155,40 @@ def relocate(dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what w
         fail("tracking relocate", Art2MusError(f"{root / DEFAULT_DB}: {error}"))
     if not relocated:
         typer.echo(f"{root / DEFAULT_DB} keeps its artifacts in {root / DEFAULT_ARTIFACTS}: nothing to change")
+
+
+def migration_lines(migration: Migration) -> list[str]:
+    """What a migration did, one line per kind of change."""
+    if not migration.former_exists:
+        return [f"registry migrate: no {FORMER_MODEL_NAME} in this tracking store; nothing to do"]
+    if not migration.changed:
+        return [f"registry migrate: {FORMER_MODEL_NAME} is already migrated to {MODEL_NAME}; nothing to do"]
+    numbers = ", ".join(f"{former}->{new}" for former, new in migration.copied)
+    lines = [f"registry migrate: {FORMER_MODEL_NAME} -> {MODEL_NAME}",
+             f"copied {len(migration.copied)} versions (old->new): {numbers or 'none'}"]
+    moved = ", ".join(f"{alias} -> version {version}" for alias, version in migration.aliases.items())
+    lines.append(f"aliases set on {MODEL_NAME}: {moved or 'none'}")
+    lines.append(f"copied {migration.history_events} history events, {migration.other_tags} other model tags"
+                 f"{', the description' if migration.description else ''}")
+    if migration.deleted_former:
+        lines.append(f"deleted {FORMER_MODEL_NAME} (--delete-old)")
+    else:
+        lines.append(f"left {FORMER_MODEL_NAME} in place, unchanged: nothing updates it any more "
+                     "(delete it with --delete-old)")
+    return lines
+
+
+@registry_app.command("migrate")
+def migrate(delete_old: Annotated[bool, typer.Option("--delete-old", help=f"Delete {FORMER_MODEL_NAME} once "
+                                                     "copied.")] = False) -> None:
+    """Copy the registered model art2mus-aligner (the model's former name) to art2mus: every version with its
+    tags, the promotion history, the description and the champion/challenger aliases on the new version
+    numbers. Safe to run again."""
+    setup_logging(quiet=True)
+    root = configure_environment()
+    try:
+        migration = migrate_former_name(registry_client(root), delete_former=delete_old)
+    except registry_errors() as error:
+        fail("registry migrate", error)
+    for line in migration_lines(migration):
+        typer.echo(line)

@@ -1,10 +1,13 @@
-"""`art2mus retrain` and `art2mus schedule`: the retrain flow (flows/retrain.py), now or on a cron schedule."""
+"""`art2mus retrain` and `art2mus schedule`: the retrain flow (flows/retrain.py), now or on a cron schedule.
+
+The flow runs as `python -m flows.retrain run|serve` in the project root, a child process, as DVC runs
+`python -m stages.<name>`: flows/ is the project's top layer, not part of the installed library, so the
+library neither imports it (the import contracts: flows -> stages -> art2mus) nor edits sys.path to reach it.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import logging
 import os
 import subprocess
 import sys
@@ -21,36 +24,19 @@ from art2mus.config import load_params
 from art2mus.env import configure_environment, project_root
 from art2mus.errors import Art2MusError
 from art2mus.logs import setup_logging
+from art2mus.orchestration.console import flow_errors
 from art2mus.processes import stop_process_group
 from art2mus.tracking.client import registry_client
-from art2mus.tracking.registry import MODEL_NAME, champion_version
+from art2mus.tracking.registry import CHAMPION_URI, MODEL_NAME, champion_version, require_registry
 
 DEFAULT_WAIT = 3600.0
 DEPLOYMENT = "art2mus-retrain"
 SERVER_STARTUP_SECONDS = 120
-CHAMPION_URI = "models:/art2mus-aligner@champion"
+FLOW_MODULE = "flows.retrain"
 
 Wait = Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for another retrain of this project "
                                      "to finish before giving up.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
-
-
-class ExpectedErrorsWithoutTraceback(logging.Filter):
-    """On the console our own errors (a failed gate, a busy project) are messages, not tracebacks;
-    Prefect's API handler, which runs first, still records the traceback for the UI."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], Art2MusError):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def setup_flow_logging(quiet: bool = False) -> None:
-    """The project's plain log lines, without Prefect's per-request HTTP chatter or tracebacks of our errors."""
-    setup_logging(quiet)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(ExpectedErrorsWithoutTraceback())
 
 
 def fail(command: str, error: Exception) -> None:
@@ -58,18 +44,15 @@ def fail(command: str, error: Exception) -> None:
     raise typer.Exit(1)
 
 
-def import_retrain_flow(root: Path):
-    """flows.retrain of the project (flows/ is not installed; like stages/)."""
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    return importlib.import_module("flows.retrain")
-
-
-def flow_errors() -> tuple[type[BaseException], ...]:
-    """What a retrain reports as a message: our errors, the tracking store's, timeouts."""
-    from mlflow.exceptions import MlflowException
-
-    return Art2MusError, MlflowException, TimeoutError
+def run_flow(root: Path, arguments: list[str]) -> int:
+    """`python -m flows.retrain ARGUMENTS` in the project root; its exit code. It reports its own errors."""
+    if not (root / "flows" / "retrain.py").is_file():
+        raise Art2MusError(f"{root}: no flows/retrain.py (run art2mus in the project's checkout)")
+    flow = subprocess.Popen([sys.executable, "-m", FLOW_MODULE, *arguments], cwd=root)
+    try:
+        return flow.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the flow too (one process group): let it stop cleanly
+        return flow.wait()
 
 
 def print_champion(root: Path) -> None:
@@ -90,20 +73,16 @@ def retrain(wait: Wait = DEFAULT_WAIT, quiet: Quiet = False) -> None:
 
     A Prefect flow, run on an ephemeral Prefect unless PREFECT_API_URL points at a server.
     """
-    setup_flow_logging(quiet)
+    setup_logging(quiet)
     root = configure_environment(project_root())
-    # A first start migrates Prefect's database; on a busy machine that outlasts Prefect's 20 s default.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    module = import_retrain_flow(root)
-    started = time.monotonic()
     try:
-        outcome = module.retrain(project_dir=str(root), wait_seconds=wait)
+        require_registry(registry_client(root))  # at once, rather than from the flow after Prefect has started
+        code = run_flow(root, ["run", "--wait", str(wait), *(["--quiet"] if quiet else [])])
+        if code != 0:
+            raise typer.Exit(code)
+        print_champion(root)
     except flow_errors() as error:
         fail("retrain", error)
-    typer.echo(f"retrain: {outcome.message}")
-    typer.echo(f"stages ran: {', '.join(outcome.ran) or 'none'}; skipped: {', '.join(outcome.skipped) or 'none'}")
-    typer.echo(f"took {time.monotonic() - started:.1f} s (dvc repro {outcome.repro_seconds:.1f} s)")
-    print_champion(root)
 
 
 def server_answers(api_url: str) -> bool:
@@ -132,8 +111,9 @@ def local_prefect_server(port: int) -> Iterator[str]:
         deadline = time.monotonic() + SERVER_STARTUP_SECONDS
         while not server_answers(api_url):
             if server.poll() is not None:
+                output = server.stderr.read() if server.stderr is not None else ""
                 raise Art2MusError(f"the Prefect server on port {port} exited ({server.returncode}): "
-                                   f"{server.stderr.read()[-2000:]} (choose another with --port)")
+                                   f"{output[-2000:]} (choose another with --port)")
             if time.monotonic() > deadline:
                 raise Art2MusError(f"the Prefect server on port {port} did not answer within {SERVER_STARTUP_SECONDS} s")
             time.sleep(0.5)
@@ -156,23 +136,16 @@ def schedule(
     Uses the Prefect server of PREFECT_API_URL, else starts one on 127.0.0.1 with its state in
     PREFECT_HOME (Prefect's ephemeral mode runs no scheduler).
     """
-    setup_flow_logging()
+    setup_logging()
     root = configure_environment(project_root())
     api_url = os.environ.get("PREFECT_API_URL")
     try:
         with contextlib.nullcontext(api_url) if api_url else local_prefect_server(port) as url:
-            # In the environment, before Prefect is imported: the runner's threads read their settings from it.
+            # In the flow's environment: Prefect's runner reads its settings from it when it starts.
             os.environ["PREFECT_API_URL"] = url
-            from prefect.client.schemas.schedules import CronSchedule
-
-            try:
-                cron_schedule = CronSchedule(cron=cron, timezone=timezone)
-            except ValueError as error:
-                raise Art2MusError(f"--cron {cron!r} / --timezone {timezone!r}: {error}") from None
-            module = import_retrain_flow(root)
-            typer.echo(f"schedule: serving {name} ({cron} {timezone}) on {url}; Ctrl-C stops it")
-            module.retrain.serve(name=name, schedule=cron_schedule,
-                                 parameters={"project_dir": str(root), "wait_seconds": wait},
-                                 tags=["art2mus"], print_starting_message=False)
+            code = run_flow(root, ["serve", "--name", name, "--cron", cron, "--timezone", timezone,
+                                   "--wait", str(wait)])
     except Art2MusError as error:
         fail("schedule", error)
+    if code != 0:
+        raise typer.Exit(code)

@@ -43,10 +43,10 @@ from typing import Any
 from art2mus.config import EncoderSpec
 from art2mus.processes import stop_process_group
 from art2mus.rehearsal.project import copy_project, project_env
+from art2mus.tracking.registry import CHAMPION_URI
 
 STAGES = ("sample", "ingest", "validate_raw", "features", "pair", "split", "validate_splits", "prior", "latents",
           "train", "evaluate")
-CHAMPION = "models:/art2mus-aligner@champion"
 BUILD_STAMP = "built.json"
 SERVE_TIMEOUT = 900  # seconds for the server to import torch and load the full-size model
 STEP_TIMEOUT = 3600  # seconds any one step may take before it is taken for a hang
@@ -174,10 +174,10 @@ def serve_one_request(project: Path, env: dict[str, str], log: Path, steps: int)
     port = free_port()
     started = time.monotonic()
     with open(log, "a") as output:
-        output.write(f"\n==== serve {CHAMPION} on 127.0.0.1:{port}\n")
+        output.write(f"\n==== serve {CHAMPION_URI} on 127.0.0.1:{port}\n")
         output.flush()
         server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", CHAMPION, "--env-manager",
+            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", CHAMPION_URI, "--env-manager",
              "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1", "-t", str(REQUEST_TIMEOUT)],
             cwd=project, env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow.db"}, stdout=output,
             stderr=subprocess.STDOUT, start_new_session=True)

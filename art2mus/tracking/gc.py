@@ -42,6 +42,7 @@ from art2mus.tracking.registry import (
     aliases,
     champion_stack,
     history,
+    require_registry,
     utc_now,
 )
 from art2mus.workspace import DATA_HASHES_TAG, RETRAIN_LOCK, TRAIN_RECORD, TRAIN_RUN_TAG, TRAINING_DATA_TAG, TrainRecord
@@ -230,7 +231,8 @@ def artifact_files(uri: str, tracking_uri: str) -> list[tuple[str, int]]:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     repository = get_artifact_repository(uri, tracking_uri=tracking_uri)
-    files, folders = [], [None]
+    files: list[tuple[str, int]] = []
+    folders: list[str | None] = [None]  # None: the root
     while folders:
         folder = folders.pop()
         for info in repository.list_artifacts(folder):
@@ -320,6 +322,7 @@ def collect_garbage(root: Path, config: GcParams, client, delete: bool = False) 
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
+    require_registry(client)  # before the former name is migrated, none of its versions would count as kept
     try:
         repo = Repo(str(root))
     except NotDvcRepoError:

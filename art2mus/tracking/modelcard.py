@@ -1,4 +1,4 @@
-"""Model cards: one Markdown card per registered version of `art2mus-aligner`.
+"""Model cards: one Markdown card per registered version of `art2mus`.
 
 A card says what the model is, what it was trained on and under which licences, with which
 params, how it scored against its baselines (with confidence intervals), what it is for, what it
@@ -91,7 +91,7 @@ def model_section(inputs: CardInputs) -> list[str]:
             f"- aligner weights sha256: `{tags.weights_sha256}`",
             f"- image encoder: `{tags.image_encoder_id}`",
             f"- backbone: {profile} ({prior}); prior `{tags.prior[:16]}`",
-            f"- load: `models:/art2mus-aligner/{inputs.version}` (pyfunc: image in, WAV out)", ""]
+            f"- load: `models:/{MODEL_NAME}/{inputs.version}` (pyfunc: image in, WAV out)", ""]
 
 
 def intended_use_section(inputs: CardInputs) -> list[str]:
@@ -248,7 +248,7 @@ def lineage_section(inputs: CardInputs) -> list[str]:
 
 def model_card_markdown(inputs: CardInputs) -> str:
     """The card, from its inputs alone."""
-    lines = [f"# Model card: art2mus-aligner version {inputs.version}", ""]
+    lines = [f"# Model card: {MODEL_NAME} version {inputs.version}", ""]
     for section in (model_section, intended_use_section, data_section, params_section, metrics_section,
                     limitations_section, lineage_section):
         lines += section(inputs)

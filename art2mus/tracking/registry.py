@@ -1,4 +1,9 @@
-"""The model registry: versions of `art2mus-aligner`, the champion/challenger aliases, promotion history.
+"""The model registry: versions of `art2mus`, the champion/challenger aliases, promotion history.
+
+- One name for the whole packaged pipeline (aligner, prior, image encoder): the registered model, the
+  logged model and the folder models/art2mus. Stores made before hold it as `art2mus-aligner`
+  (FORMER_MODEL_NAME): `art2mus registry migrate` copies it (`migrate_former_name`); until then every
+  registry command stops with that advice rather than start a second registry without a champion.
 
 - Aliases only (`champion`, `challenger`), never stages.
 - A version is the packaged model folder logged as an MLflow pyfunc (models from code, safetensors
@@ -65,9 +70,15 @@ from art2mus.workspace import (
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "art2mus-aligner"
+MODEL_NAME = "art2mus"
+FORMER_MODEL_NAME = "art2mus-aligner"  # the registered model's name before issue 13
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
+MIGRATE_COMMAND = "art2mus registry migrate"
+MIGRATION_TAG = "migration"  # on MODEL_NAME while a migration from FORMER_MODEL_NAME runs, then when it ended
+MIGRATION_IN_PROGRESS = "in progress"
+MIGRATED_FROM_TAG = "migrated_from"  # on a copied version: "<former name>/<former version>"
 VALIDATION_STATUSES = ("pending", "passed", "failed", "awaiting_approval")
 HISTORY_PREFIX = "history."
 DECISION_META_TAGS = (DECISION_REASONS_TAG, DECISION_CHAMPION_TAG, DECISION_KEY_TAG)
@@ -89,6 +100,10 @@ class RegistryBusy(Art2MusError):
 
 class ChampionChanged(Art2MusError):
     """The champion is no longer the one a decision compared the candidate against."""
+
+
+class RegistryNotMigrated(Art2MusError):
+    """The store holds the model under FORMER_MODEL_NAME only (or a migration stopped half-way)."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +142,48 @@ def model_identity(weights_sha256: str, prior: str, image_encoder: Mapping[str, 
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+def registered_model_or_none(client, name: str) -> Any | None:
+    """The registered model `name`, None when the store has none."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+
+
+def not_migrated_error() -> RegistryNotMigrated:
+    return RegistryNotMigrated(
+        f"registry: this tracking store holds the model under its former name {FORMER_MODEL_NAME!r}, not yet "
+        f"under {MODEL_NAME!r}: run `{MIGRATE_COMMAND}` first (it copies the versions, tags, aliases and "
+        "history; without it this command would start a second registry with no champion)")
+
+
+def check_migrated(model: Any | None, client) -> None:
+    """Raise RegistryNotMigrated when MODEL_NAME (`model`, None if absent) is missing or half-migrated while
+    FORMER_MODEL_NAME exists: a command would otherwise start a second registry with no champion."""
+    if model is not None and model.tags.get(MIGRATION_TAG) != MIGRATION_IN_PROGRESS:
+        return
+    if model is not None or registered_model_or_none(client, FORMER_MODEL_NAME) is not None:
+        raise not_migrated_error()
+
+
+def current_model(client) -> Any | None:
+    """The registered model MODEL_NAME (None before the first registration), checked against a store that
+    still holds only the former name."""
+    model = registered_model_or_none(client, MODEL_NAME)
+    check_migrated(model, client)
+    return model
+
+
+def require_registry(client) -> None:
+    """Stop with the migration advice when the store holds the model under its former name only."""
+    current_model(client)
+
+
 def find_version(identity: str, client) -> Any | None:
     """The version registered with this identity (the oldest, should a race have made two)."""
     found = client.search_model_versions(f"name = '{MODEL_NAME}' and tags.{IDENTITY_TAG} = '{identity}'")
@@ -134,9 +191,12 @@ def find_version(identity: str, client) -> Any | None:
 
 
 def ensure_registered_model(client) -> None:
+    """Create MODEL_NAME on the first registration (never beside a former-name registry not migrated)."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
+    if current_model(client) is not None:
+        return
     try:
         client.create_registered_model(MODEL_NAME, description="art2mus: the image aligner with its prior and "
                                        "encoder (pyfunc: image bytes in, WAV out)")
@@ -237,15 +297,8 @@ def complete_lineage(client, version: str, record: TrainRecord, info: Mapping[st
 
 def aliases(client) -> dict[str, str]:
     """alias -> version of the registered model; empty when nothing is registered yet."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
-
-    try:
-        return {alias: str(version) for alias, version in client.get_registered_model(MODEL_NAME).aliases.items()}
-    except MlflowException as error:
-        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            return {}
-        raise
+    model = current_model(client)
+    return {alias: str(version) for alias, version in model.aliases.items()} if model is not None else {}
 
 
 def champion_version(client=None) -> str | None:
@@ -263,6 +316,7 @@ def get_version(version: str, client):
     try:
         return client.get_model_version(MODEL_NAME, str(version))
     except MlflowException:
+        require_registry(client)
         raise Art2MusError(f"registry: {MODEL_NAME} has no version {version}") from None
 
 
@@ -360,16 +414,8 @@ def append_history(event: PromotionEvent, client) -> None:
 
 def history(client=None) -> list[PromotionEvent]:
     """Every move of the champion alias, oldest first."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
-
-    client = client or registry_client()
-    try:
-        tags = client.get_registered_model(MODEL_NAME).tags
-    except MlflowException as error:
-        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            return []
-        raise
+    model = current_model(client or registry_client())
+    tags = model.tags if model is not None else {}
     return [PromotionEvent(**json.loads(tags[key])) for key in sorted(tags) if key.startswith(HISTORY_PREFIX)]
 
 
@@ -468,3 +514,115 @@ def rollback(by: str, reason: str = "", client=None, root: Path | None = None) -
         client.set_model_version_tag(MODEL_NAME, current, ROLLED_BACK_AT_TAG, event.at)
     logger.info("registry: rolled back the champion from version %s to %s", current, target)
     return event
+
+
+@dataclass
+class Migration:
+    """What `migrate_former_name` did (or would refuse), for the command to print."""
+
+    copied: list[tuple[str, str]] = field(default_factory=list)  # (former version, new version)
+    aliases: dict[str, str] = field(default_factory=dict)  # alias -> new version
+    history_events: int = 0
+    other_tags: int = 0
+    description: bool = False
+    deleted_former: bool = False
+    former_exists: bool = True
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.copied or self.aliases or self.history_events or self.other_tags or self.description
+                    or self.deleted_former)
+
+
+def migrated_versions(client) -> tuple[dict[str, str], list[str]]:
+    """(former version -> new version) of the versions a migration copied, and the new versions it did not make."""
+    copied: dict[str, str] = {}
+    foreign: list[str] = []
+    for model_version in client.search_model_versions(f"name = '{MODEL_NAME}'"):
+        origin = model_version.tags.get(MIGRATED_FROM_TAG, "")
+        name, _, former = origin.rpartition("/")
+        if name == FORMER_MODEL_NAME:
+            copied[former] = str(model_version.version)
+        else:
+            foreign.append(str(model_version.version))
+    return copied, sorted(foreign, key=int)
+
+
+def start_migration(client) -> None:
+    """Create MODEL_NAME if absent and mark it as being migrated: commands refuse it until the mark says done."""
+    model = registered_model_or_none(client, MODEL_NAME)
+    if model is None:
+        model = client.create_registered_model(MODEL_NAME)
+    if MIGRATION_TAG not in model.tags:
+        client.set_registered_model_tag(MODEL_NAME, MIGRATION_TAG, MIGRATION_IN_PROGRESS)
+
+
+def copy_version(model_version: Any, client) -> str:
+    """A new version of MODEL_NAME with the former version's source, run, logged model, tags and description.
+
+    Not MlflowClient.copy_model_version: its copy's source is `models:/<former name>/<version>`, so the new
+    version would stop loading once the former model is deleted; this keeps the original source.
+    """
+    tags = {**model_version.tags, MIGRATED_FROM_TAG: f"{FORMER_MODEL_NAME}/{model_version.version}"}
+    created = client.create_model_version(MODEL_NAME, source=model_version.source, run_id=model_version.run_id,
+                                          tags=tags, run_link=model_version.run_link,
+                                          description=model_version.description, model_id=model_version.model_id)
+    return str(created.version)
+
+
+def copy_model_metadata(former: Any, target: Any, numbers: Mapping[str, str], migration: Migration, client) -> None:
+    """The former model's tags (the promotion history among them) and description the target lacks, and its
+    aliases on the new version numbers where the target has none by that name."""
+    for key, value in sorted(former.tags.items()):
+        if key in target.tags:
+            continue
+        client.set_registered_model_tag(MODEL_NAME, key, value)
+        if key.startswith(HISTORY_PREFIX):
+            migration.history_events += 1
+        else:
+            migration.other_tags += 1
+    if former.description and not target.description:
+        client.update_registered_model(MODEL_NAME, description=former.description)
+        migration.description = True
+    for alias, version in sorted(former.aliases.items()):
+        if alias not in target.aliases and str(version) in numbers:
+            client.set_registered_model_alias(MODEL_NAME, alias, numbers[str(version)])
+            migration.aliases[alias] = numbers[str(version)]
+
+
+def migrate_former_name(client, delete_former: bool = False) -> Migration:
+    """Copy FORMER_MODEL_NAME's versions, tags, description, history and aliases into MODEL_NAME.
+
+    Idempotent: versions are matched by their MIGRATED_FROM_TAG, tags and aliases already there are kept.
+    Before a first migration has finished, refuses when MODEL_NAME holds versions no migration made. Aliases
+    and model tags are copied only until the migration has finished once: afterwards MODEL_NAME's own champion
+    and history win (a version registered under the former name since is still copied). The former model
+    stays unless `delete_former`.
+    """
+    former = registered_model_or_none(client, FORMER_MODEL_NAME)
+    if former is None:
+        return Migration(former_exists=False)
+    copied, foreign = migrated_versions(client)
+    target = registered_model_or_none(client, MODEL_NAME)
+    finished = target is not None and target.tags.get(MIGRATION_TAG, MIGRATION_IN_PROGRESS) != MIGRATION_IN_PROGRESS
+    if foreign and not finished:
+        raise Art2MusError(
+            f"registry: {MODEL_NAME} already has versions {', '.join(foreign)} that did not come from "
+            f"{FORMER_MODEL_NAME}: migrating would mix two registries; compare them (art2mus history, the MLflow UI) "
+            f"and delete one of the two registered models by hand")
+    former_versions = sorted(client.search_model_versions(f"name = '{FORMER_MODEL_NAME}'"),
+                             key=lambda found: int(found.version))
+    pending = [model_version for model_version in former_versions if str(model_version.version) not in copied]
+    migration = Migration()
+    if pending or not finished:
+        start_migration(client)
+        for model_version in pending:
+            copied[str(model_version.version)] = copy_version(model_version, client)
+            migration.copied.append((str(model_version.version), copied[str(model_version.version)]))
+        if not finished:
+            copy_model_metadata(former, client.get_registered_model(MODEL_NAME), copied, migration, client)
+            client.set_registered_model_tag(MODEL_NAME, MIGRATION_TAG, f"from {FORMER_MODEL_NAME} at {utc_now()}")
+    if delete_former:
+        client.delete_registered_model(FORMER_MODEL_NAME)
+        migration.deleted_former = True
+    return migration

@@ -77,7 +77,7 @@ def card_inputs(params: Params, metrics: dict | None = None) -> CardInputs:
 def test_the_card_has_every_section_with_licences_metrics_limitations_and_lineage() -> None:
     card = model_card_markdown(card_inputs(Params(), evaluate_metrics("ab" * 32)))
     positions = [card.index(section) for section in SECTIONS]
-    assert positions == sorted(positions) and card.startswith("# Model card: art2mus-aligner version 7")
+    assert positions == sorted(positions) and card.startswith("# Model card: art2mus version 7")
     assert "| Attribution-NonCommercial 3.0 International | noncommercial | 40 | NC |" in card
     assert "Policy (params.yaml `promotion.intended_use`): **research**" in card
     assert "Commercial use: **not allowed**" in card and "40 tracks" in card

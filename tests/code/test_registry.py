@@ -202,7 +202,7 @@ def test_cli_promote_rollback_and_history(client: MlflowClient) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["promote", "1", "--by", "dana", "--reason", "first", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "art2mus-aligner@champion: version 1 (was none)" in result.output
+    assert f"{MODEL_NAME}@champion: version 1 (was none)" in result.output
     assert runner.invoke(app, ["promote", "2", "--quiet"]).exit_code == 0
     result = runner.invoke(app, ["promote", "2", "--quiet"])
     assert result.exit_code == 0 and "version 2 already; nothing recorded" in result.output

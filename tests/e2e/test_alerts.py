@@ -190,10 +190,11 @@ def test_a_timed_out_retrain_says_so_and_an_undeliverable_alert_does_not_mask_it
 
     root = project(source_copy, tmp_path / "project")
     # The flow waits for the project lock the test holds; a 5 s flow timeout ends the wait first.
-    script = ("import sys; from pathlib import Path; from art2mus.cli.retrain import import_retrain_flow; "
-              "from art2mus.env import configure_environment; root = configure_environment(Path.cwd()); "
-              "flows = import_retrain_flow(root); "
-              "flows.retrain.with_options(timeout_seconds=5)(project_dir=str(root), wait_seconds=120)")
+    # Run in the project (python -c puts the working directory first on sys.path), as `art2mus retrain` runs
+    # `python -m flows.retrain`.
+    script = ("from pathlib import Path; from art2mus.env import configure_environment; "
+              "root = configure_environment(Path.cwd()); from flows.retrain import retrain; "
+              "retrain.with_options(timeout_seconds=5)(project_dir=str(root), wait_seconds=120)")
     saved = art2mus(root, "alerts", "webhook", receiver.url)  # ephemeral mode: the block goes to .prefect/
     assert saved.returncode == 0, saved.stdout + saved.stderr
     lock = root / ".dvc" / "tmp" / "art2mus-retrain.lock"

@@ -251,7 +251,7 @@ def test_the_first_run_makes_a_champion_by_the_floors(first_runs: FirstRuns) -> 
     # its report then carries new GX timestamps, so features and pair may re-run, to identical outputs.)
     assert not set(stages_ran(output)) & {"prior", "latents", "train", "evaluate"}, output[-3000:]
     assert "the default DVC remote 'local' is a local folder" in output  # a fresh machine: nothing to pull
-    assert "generate with: art2mus generate IMAGE -o OUT --model models:/art2mus-aligner@champion" in output
+    assert "generate with: art2mus generate IMAGE -o OUT --model models:/art2mus@champion" in output
     client = store(first_runs.root)
     tags = versions(client)["1"]
     assert tags["validation_status"] == "passed" and tags["decision.champion"] == "none"

@@ -56,7 +56,7 @@ def wait_until_up(url: str, server: subprocess.Popen, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """A server running models:/art2mus-aligner@champion, registered with serving.max_rows = MAX_ROWS."""
+    """A server running models:/art2mus@champion, registered with serving.max_rows = MAX_ROWS."""
     root = tmp_path_factory.mktemp("serving")
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)

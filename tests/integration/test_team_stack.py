@@ -266,10 +266,10 @@ def test_runs_and_registry_live_in_postgresql(retrained: Retrained, team: TeamSt
     with (contextlib.closing(psycopg2.connect(host="127.0.0.1", port=port, user=PG_USER, dbname=PG_DATABASE))
           as connection, connection.cursor() as cursor):
         cursor.execute("SELECT name FROM registered_models")
-        assert ("art2mus-aligner",) in cursor.fetchall()
-        cursor.execute("SELECT alias, version FROM registered_model_aliases WHERE name = 'art2mus-aligner'")
+        assert ("art2mus",) in cursor.fetchall()
+        cursor.execute("SELECT alias, version FROM registered_model_aliases WHERE name = 'art2mus'")
         assert dict(cursor.fetchall()) == {"champion": 1}
-        cursor.execute("SELECT source FROM model_versions WHERE name = 'art2mus-aligner'")
+        cursor.execute("SELECT source FROM model_versions WHERE name = 'art2mus'")
         [(source,)] = cursor.fetchall()
         cursor.execute("SELECT status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
                        "WHERE t.key = 'art2mus.stage' AND t.value = 'retrain'")
@@ -301,7 +301,7 @@ def test_the_champion_loads_back_from_the_server_and_generates(retrained: Retrai
     # A fresh process with only the tracking URI: no S3 credentials, no project files.
     script = ("import mlflow, sys\n"
               "from art2mus.serving.pyfunc import input_example\n"
-              "model = mlflow.pyfunc.load_model('models:/art2mus-aligner@champion')\n"
+              "model = mlflow.pyfunc.load_model('models:/art2mus@champion')\n"
               "out = model.predict(input_example())\n"
               "print('generated', len(out), out['sample_rate'][0], round(float(out['seconds'][0]), 2))\n")
     home = Path(tempfile.mkdtemp(prefix="art2mus-client-"))

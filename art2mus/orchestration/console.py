@@ -1,0 +1,40 @@
+"""How a flow run from the command line reports: plain log lines, and our errors as one-line messages."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from art2mus.errors import Art2MusError
+from art2mus.logs import setup_logging
+
+
+class ExpectedErrorsWithoutTraceback(logging.Filter):
+    """On the console our own errors (a failed gate, a busy project) are messages, not tracebacks;
+    Prefect's API handler, which runs first, still records the traceback for the UI."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], Art2MusError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def setup_flow_logging(quiet: bool = False) -> None:
+    """The project's plain log lines, without Prefect's per-request HTTP chatter or tracebacks of our errors."""
+    setup_logging(quiet)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ExpectedErrorsWithoutTraceback())
+
+
+def flow_errors() -> tuple[type[Exception], ...]:
+    """What a flow run reports as a message: our errors, the tracking store's, timeouts."""
+    from mlflow.exceptions import MlflowException
+
+    return Art2MusError, MlflowException, TimeoutError
+
+
+def report_failure(command: str, error: Exception) -> int:
+    """`art2mus: <command>: <error>` on stderr; the exit code of a failed command."""
+    print(f"art2mus: {command}: {error}", file=sys.stderr)
+    return 1
