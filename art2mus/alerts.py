@@ -12,6 +12,7 @@ An alert that cannot be delivered is logged; it never replaces the run's own fai
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -159,6 +160,17 @@ def alert_destination(config: AlertsParams) -> tuple[NotificationBlock | None, s
     return block, f"the Prefect block {config.block}"
 
 
+def deliver(block: NotificationBlock, alert: Alert) -> None:
+    """`block.notify` run to completion. It returns a coroutine where the block's notify is a plain `async def`
+    (NotificationBlock declares it so) or where Prefect's async_dispatch finds an async context (a running
+    event loop, an async flow); left unawaited, that coroutine would send nothing and raise nothing."""
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    sending = block.notify(alert.body, alert.subject)
+    if inspect.iscoroutine(sending):
+        run_coro_as_sync(sending)
+
+
 def send_alert(alert: Alert, config: AlertsParams) -> str:
     """Deliver the alert; returns where it went. Raises Art2MusError when it could not be delivered."""
     try:
@@ -170,7 +182,7 @@ def send_alert(alert: Alert, config: AlertsParams) -> str:
     if block is None:
         raise Art2MusError(destination)
     try:
-        block.notify(alert.body, alert.subject)
+        deliver(block, alert)
     except Exception as error:  # noqa: BLE001 - network errors, HTTP errors, a misconfigured block
         raise Art2MusError(f"{destination} did not take the alert: {type(error).__name__}: {first_line(str(error))}") \
             from None
