@@ -63,6 +63,7 @@ def run_logged(command: list[str], root: Path, logger: Logger) -> tuple[int, lis
     lines: list[str] = []
 
     def drain() -> None:
+        assert process.stdout is not None  # stdout=PIPE
         for line in process.stdout:
             line = line.rstrip()
             lines.append(line)
@@ -148,8 +149,7 @@ def pull(root: Path, logger: Logger) -> str:
     else:
         name, settings = remote
         endpoint = remote_endpoint(settings)
-        problem = probe(endpoint) if endpoint else None
-        if problem is not None:
+        if endpoint is not None and (problem := probe(endpoint)) is not None:
             message = (f"the DVC remote {name!r} ({settings['url']}) is unreachable at {endpoint[0]}:{endpoint[1]} "
                        f"({problem}): reproducing from the local cache")
             logger.warning("%s", message)

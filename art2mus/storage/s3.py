@@ -157,7 +157,8 @@ def storage_error(store: S3Store, error: Exception, bucket: str, key: str | None
     return StorageError(f"{target} at {where}: {type(error).__name__}: {error}")
 
 
-def storage_failures() -> tuple[type[BaseException], ...]:
+def storage_failures() -> tuple[type[Exception], ...]:
+    """What botocore raises when a storage call fails (credentials, network, the service's answer)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     return BotoCoreError, ClientError

@@ -264,6 +264,8 @@ def dvc_md5(path: Path, root: Path) -> str:
 
     with open_stores(root) as stores:
         _, _, tree = build(stores.cache, str(path), LocalFileSystem(), "md5", dry_run=True)
+    if tree.hash_info.value is None:  # dvc_data types it optional; a built tree has its hash
+        raise Art2MusError(f"{path}: DVC computed no hash for this folder")
     return tree.hash_info.value
 
 

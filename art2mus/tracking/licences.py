@@ -277,7 +277,7 @@ def summary_lines(summary: LicenceSummary) -> list[str]:
     lines = []
     for noun, rows in (("track", summary.tracks), ("artwork", summary.artworks)):
         total = sum(row.count for row in rows)
-        by_use = Counter()
+        by_use: Counter[str] = Counter()
         for row in rows:
             by_use[row.licence.use] += row.count
         shares = ", ".join(f"{count} {use}" for use, count in sorted(by_use.items()))

@@ -126,7 +126,9 @@ def local_source(path: str):
     """MLflow's dataset source for a local path (the project-relative DVC path)."""
     from mlflow.data.dataset_source_registry import get_registered_sources
 
-    source = next(cls for cls in get_registered_sources() if cls._get_source_type() == "local")
+    # MLflow annotates the registry as DatasetSource instances; it holds the classes (made at import time).
+    classes: list[Any] = list(get_registered_sources())
+    source = next(cls for cls in classes if cls._get_source_type() == "local")
     return source(path)
 
 
@@ -136,7 +138,9 @@ def dataset_inputs(inputs: Mapping[str, str], context: str = "training") -> list
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    return [DatasetInput(dataset=MetaDataset(local_source(path), name=path, digest=md5)._to_mlflow_entity(),
+    # MetaDataset leaves Dataset.profile abstract, but Dataset is no ABC: it instantiates (and has no profile).
+    return [DatasetInput(dataset=MetaDataset(local_source(path), name=path,  # type: ignore[abstract]
+                                             digest=md5)._to_mlflow_entity(),
                          tags=[InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag("dvc.md5", md5)])
             for path, md5 in inputs.items()]
 
