@@ -179,21 +179,30 @@ def byte_characters() -> list[str]:
     return [chr(code) for code in printable] + [chr(256 + index) for index in range(len(shifted))]
 
 
+def byte_level_roberta(model_max_length: int, add_prefix_space: bool = False) -> RobertaTokenizer:
+    """A byte-level RoBERTa tokenizer built in code: one token per byte (no merges), RoBERTa's special tokens."""
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", *sorted(byte_characters()), "<mask>"]
+    return RobertaTokenizer(vocab={token: index for index, token in enumerate(tokens)}, merges=[],
+                            model_max_length=model_max_length, add_prefix_space=add_prefix_space)
+
+
+def character_t5(model_max_length: int, extra_ids: int = 0) -> T5Tokenizer:
+    """A T5 tokenizer built in code: a unigram over single characters, T5's special tokens."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(character, -3.0) for character in T5_CHARACTERS]
+    return T5Tokenizer(vocab=pieces, extra_ids=extra_ids, model_max_length=model_max_length)
+
+
 def roberta_stand_in(folder: Path) -> RobertaTokenizer:
     """CLAP's tokenizer stand-in: byte-level RoBERTa, one token per byte, the real special tokens and length."""
     settings = read_json(folder / "tokenizer_config.json")
-    tokens = ["<s>", "<pad>", "</s>", "<unk>", *sorted(byte_characters()), "<mask>"]
-    return RobertaTokenizer(vocab={token: index for index, token in enumerate(tokens)}, merges=[],
-                            model_max_length=settings["model_max_length"],
-                            add_prefix_space=settings["add_prefix_space"])
+    return byte_level_roberta(settings["model_max_length"], settings["add_prefix_space"])
 
 
 def t5_stand_in(folder: Path) -> T5Tokenizer:
     """Flan-T5's tokenizer stand-in: a character unigram with the real special tokens, extra ids and length."""
     settings = read_json(folder / "tokenizer_config.json")
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [(character, -3.0) for character in T5_CHARACTERS]
-    return T5Tokenizer(vocab=pieces, extra_ids=settings["extra_ids"], model_max_length=settings["model_max_length"])
+    return character_t5(settings["model_max_length"], settings["extra_ids"])
 
 
 def model_part(name: str, folder: Path) -> torch.nn.Module:

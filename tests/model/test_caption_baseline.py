@@ -63,29 +63,24 @@ def build_tiny_audioldm2(path: Path, seed: int = 0) -> Path:
         AudioLDM2ProjectionModel,
         AudioLDM2UNet2DConditionModel,
     )
-    from tokenizers import pre_tokenizers
     from transformers import (
         ClapConfig,
         ClapFeatureExtractor,
         ClapModel,
         GPT2Config,
         GPT2LMHeadModel,
-        RobertaTokenizer,
         SpeechT5HifiGan,
         SpeechT5HifiGanConfig,
         T5Config,
         T5EncoderModel,
-        T5Tokenizer,
     )
+
+    from art2mus.rehearsal.checkpoints import byte_level_roberta, character_t5
 
     torch.manual_seed(seed)
     # CLAP's RoBERTa tokenizer: byte-level, one token per byte (no merges); T5's: a character unigram.
-    roberta_vocab = ["<pad>", "<unk>", "<s>", "</s>", "<mask>", *sorted(pre_tokenizers.ByteLevel.alphabet())]
-    tokenizer = RobertaTokenizer(vocab={token: i for i, token in enumerate(roberta_vocab)}, merges=[],
-                                 model_max_length=MAX_LENGTH)
-    characters = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,'\"()-:;!?&"))
-    tokenizer_2 = T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0),
-                                     *[(char, -3.0) for char in characters]], extra_ids=0, model_max_length=MAX_LENGTH)
+    tokenizer = byte_level_roberta(MAX_LENGTH)
+    tokenizer_2 = character_t5(MAX_LENGTH)
     text_encoder = ClapModel(ClapConfig(
         text_config={"vocab_size": len(tokenizer), "hidden_size": 16, "num_hidden_layers": 1,
                      "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": MAX_LENGTH + 8,
