@@ -162,21 +162,15 @@ def not_migrated_error() -> RegistryNotMigrated:
         "history; without it this command would start a second registry with no champion)")
 
 
-def check_migrated(model: Any | None, client) -> None:
-    """Raise RegistryNotMigrated when MODEL_NAME (`model`, None if absent) is missing or half-migrated while
-    FORMER_MODEL_NAME exists: a command would otherwise start a second registry with no champion."""
+def current_model(client) -> Any | None:
+    """The registered model MODEL_NAME, None before the first registration; RegistryNotMigrated when it is
+    missing or half-migrated while FORMER_MODEL_NAME exists (a command would start a second registry)."""
+    model = registered_model_or_none(client, MODEL_NAME)
     if model is not None and model.tags.get(MIGRATION_TAG) != MIGRATION_IN_PROGRESS:
-        return
+        return model
     if model is not None or registered_model_or_none(client, FORMER_MODEL_NAME) is not None:
         raise not_migrated_error()
-
-
-def current_model(client) -> Any | None:
-    """The registered model MODEL_NAME (None before the first registration), checked against a store that
-    still holds only the former name."""
-    model = registered_model_or_none(client, MODEL_NAME)
-    check_migrated(model, client)
-    return model
+    return None
 
 
 def require_registry(client) -> None:
@@ -198,8 +192,8 @@ def ensure_registered_model(client) -> None:
     if current_model(client) is not None:
         return
     try:
-        client.create_registered_model(MODEL_NAME, description="art2mus: the image aligner with its prior and "
-                                       "encoder (pyfunc: image bytes in, WAV out)")
+        client.create_registered_model(MODEL_NAME, description="art2mus: the packaged pipeline, image aligner "
+                                       "with its prior and image encoder (pyfunc: image bytes in, WAV out)")
     except MlflowException as error:
         if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
