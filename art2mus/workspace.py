@@ -49,7 +49,7 @@ class TrainRecord:
     """models/train_record.json: what the train stage made (so a flow knows its model when DVC skips train)."""
 
     mlflow_run_id: str = ""
-    weights_sha256: str = ""  # of the aligner's state dict (art2mus.models.aligner.weights_sha256)
+    weights_sha256: str = ""  # sha256 of the aligner's state dict (art2mus.models.aligner.state_dict_sha256)
     prior: str = ""  # the prior's identity
     backbone: dict[str, Any] = field(default_factory=dict)
     image_encoder_id: str = ""
