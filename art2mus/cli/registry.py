@@ -157,6 +157,10 @@ def relocate(dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what w
         typer.echo(f"{root / DEFAULT_DB} keeps its artifacts in {root / DEFAULT_ARTIFACTS}: nothing to change")
 
 
+def counted(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def migration_lines(migration: Migration) -> list[str]:
     """What a migration did, one line per kind of change."""
     if not migration.former_exists:
@@ -165,11 +169,11 @@ def migration_lines(migration: Migration) -> list[str]:
         return [f"registry migrate: {FORMER_MODEL_NAME} is already migrated to {MODEL_NAME}; nothing to do"]
     numbers = ", ".join(f"{former}->{new}" for former, new in migration.copied)
     lines = [f"registry migrate: {FORMER_MODEL_NAME} -> {MODEL_NAME}",
-             f"copied {len(migration.copied)} versions (old->new): {numbers or 'none'}"]
+             f"copied {counted(len(migration.copied), 'version')} (old->new): {numbers or 'none'}"]
     moved = ", ".join(f"{alias} -> version {version}" for alias, version in migration.aliases.items())
     lines.append(f"aliases set on {MODEL_NAME}: {moved or 'none'}")
-    lines.append(f"copied {migration.history_events} history events, {migration.other_tags} other model tags"
-                 f"{', the description' if migration.description else ''}")
+    lines.append(f"copied {counted(migration.history_events, 'history event')}, "
+                 f"{counted(migration.other_tags, 'other model tag')}{', the description' if migration.description else ''}")
     if migration.deleted_former:
         lines.append(f"deleted {FORMER_MODEL_NAME} (--delete-old)")
     else:

@@ -117,7 +117,7 @@ def test_the_command_prints_what_it_did_and_then_that_there_is_nothing_to_do(cli
     assert f"registry migrate: {FORMER_MODEL_NAME} -> {MODEL_NAME}" in first.output
     assert "copied 2 versions (old->new): 1->1, 2->2" in first.output
     assert f"aliases set on {MODEL_NAME}: champion -> version 1" in first.output
-    assert "copied 2 history events, 1 other model tags, the description" in first.output
+    assert "copied 2 history events, 1 other model tag, the description" in first.output
     assert f"left {FORMER_MODEL_NAME} in place" in first.output
     second = runner.invoke(app, ["registry", "migrate"])
     assert second.exit_code == 0 and "already migrated" in second.output and "nothing to do" in second.output
