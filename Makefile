@@ -79,12 +79,14 @@ TEST_XDIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 test: setup browser postgres
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(TEST_XDIST)
 
 # The edit-test loop: everything not marked slow (no pipeline, servers or training runs).
 test-fast: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -m "not slow" $(TEST_XDIST)
 
 bench: setup

@@ -41,6 +41,7 @@ from art2mus.config import AudioParams, EncoderSpec
 from art2mus.errors import Art2MusError
 from art2mus.models.audio import AudioDecodeError, log_mel, mel_transform, read_mono
 from art2mus.models.encoders import IMAGEBIND_AUDIO, AudioEmbedder, load_audio_embedder, resample
+from art2mus.models.encoders.clap import ClapAudioEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def vggish_download(url: str) -> Path:
 
 def load_vggish_file(path: Path, what: str) -> dict:
     """torch.load a VGGish release file: tensors, or (the PCA file) numpy arrays, never other pickles."""
-    reconstruct = np._core.multiarray._reconstruct
+    reconstruct = np._core.multiarray._reconstruct  # type: ignore[attr-defined]  # numpy 2's private module, no stubs
     # The release's PCA file was pickled by numpy 1.x, which named the module numpy.core.
     numpy_globals = [reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
                      type(np.dtype(np.float64)), type(np.dtype(np.float32))]
@@ -244,7 +245,7 @@ def load_frame_embedder(name: str = "spectral", source: str = "", revision: str 
     if name == "vggish":
         return load_vggish(source, postprocess)
     embedder = load_audio_embedder(EncoderSpec(name=name, source=source, revision=revision), device)
-    if name == "clap":
+    if isinstance(embedder, ClapAudioEmbedder):  # its window is its feature extractor's
         window = embedder.feature_extractor.nb_max_samples / embedder.sample_rate
     else:
         window = WINDOW_SECONDS[name]

@@ -305,8 +305,8 @@ def evaluate_model(pipeline: Art2MusPipeline, data: SplitData, params: Params, o
         tokens[ORACLE] = oracle
     elif ORACLE in config.generate:
         absent[ORACLE] = oracle_absent(pipeline)
-    generated = {name: pipeline.render(tokens[name], generation) for name in GENERATING if name in tokens
-                 and name in config.generate}
+    generated: dict[str, list[np.ndarray]] = {name: pipeline.render(tokens[name], generation) for name in GENERATING
+                                              if name in tokens and name in config.generate}
     caption_waves, captions = caption_baseline(pipeline, pairs, config, generation)
     if caption_waves is not None:
         generated[CAPTION_BASELINE] = caption_waves

@@ -266,7 +266,10 @@ def read_embedding_set(path: str | Path) -> EmbeddedSet:
     files = npy_files(path)
     if not files:
         raise Art2MusError(f"{path}: no .npy files")
-    blocks, clips, names, failed = [], [], [], {}
+    blocks: list[np.ndarray] = []
+    clips: list[np.ndarray] = []  # per block: the clip index of each row
+    names: list[str] = []
+    failed: dict[str, str] = {}
     for item in files:
         name = item.name if path.is_file() else item.relative_to(path).as_posix()
         try:
@@ -335,7 +338,7 @@ def fad_paths(
     frame_embedder: FrameEmbedder | None = load_frame_embedder(name, source) if needs_audio else None
     sets = {}
     for which, path in paths.items():
-        if kinds[which] == "audio":
+        if kinds[which] == "audio" and frame_embedder is not None:
             sets[which] = embed_folder(path, frame_embedder, quiet=quiet)
         else:
             sets[which] = read_embedding_set(path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,9 @@ from art2mus.config import AudioParams
 from art2mus.evaluation.correspondence import Interval, bootstrap_interval
 from art2mus.models.audio import log_mel, mel_transform, model_crop, read_mono
 from art2mus.models.backbone import Backbone
+
+if TYPE_CHECKING:  # scikit-learn is imported when an estimator is fitted
+    from sklearn.pipeline import Pipeline
 
 MUSIC_FACTORS = ("register", "notes_per_second", "timbre")
 MAX_ONSET_LAG = 64  # frames (0.64 s at hop 160): covers one note at 2 notes/s and more
@@ -80,7 +84,7 @@ def analysed_log_mels(waves: list[np.ndarray], audio: AudioParams) -> torch.Tens
     return log_mel(torch.from_numpy(np.stack(crops)), audio, mel_transform(audio))
 
 
-def fit_classifier(features: np.ndarray, labels: np.ndarray, seed: int = 0):
+def fit_classifier(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> Pipeline:
     """A standardised multinomial logistic regression."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -104,7 +108,7 @@ def read_track_crops(paths: list[Path], audio: AudioParams) -> list[np.ndarray]:
 class FactorEstimator:
     """One fitted classifier per music factor, with its accuracy on held-out real (vocoded) tracks."""
 
-    classifiers: dict[str, object]
+    classifiers: dict[str, Pipeline]
     reference_accuracy: dict[str, float]
     levels: dict[str, int]
 

@@ -125,7 +125,8 @@ def image_bind_score_of(
         if items is not None and len(items) != len(generated):
             raise Art2MusError(f"ImageBindScore: {len(items)} {name} for {len(generated)} generated clips")
     generated_embeds = embed_in_batches(audio_embedder.embed_audio, generated, batch_size, sample_rate)
-    image_embeds = None if images is None else embed_in_batches(image_encoder.embed_images, images, batch_size)
+    image_embeds = (None if images is None or image_encoder is None
+                    else embed_in_batches(image_encoder.embed_images, images, batch_size))
     reference_embeds = (None if references is None
                         else embed_in_batches(audio_embedder.embed_audio, references, batch_size, sample_rate))
     return image_bind_score(
