@@ -21,7 +21,8 @@ from art2mus.errors import Art2MusError
 from art2mus.logs import setup_logging
 from art2mus.tracking.client import registry_client
 from art2mus.tracking.licences import check_licences, version_licences
-from art2mus.tracking.registry import FORMER_MODEL_NAME, MODEL_NAME, Migration, get_version, migrate_former_name
+from art2mus.tracking.migration import Migration, migrate_former_name
+from art2mus.tracking.registry import FORMER_MODEL_NAME, MODEL_NAME, get_version
 from art2mus.tracking.registry import history as promotion_history
 from art2mus.tracking.registry import promote as promote_version
 from art2mus.tracking.registry import rollback as rollback_champion

@@ -2,13 +2,15 @@
 
 - One name for the whole packaged pipeline (aligner, prior, image encoder): the registered model, the
   logged model and the folder models/art2mus. Stores made before hold it as `art2mus-aligner`
-  (FORMER_MODEL_NAME): `art2mus registry migrate` copies it (`migrate_former_name`); until then every
-  registry command stops with that advice rather than start a second registry without a champion.
+  (FORMER_MODEL_NAME): `art2mus registry migrate` copies it (art2mus.tracking.migration, above this
+  module); until then every registry command stops with that advice (`current_model`, the guard) rather
+  than start a second registry without a champion.
 
 - Aliases only (`champion`, `challenger`), never stages.
 - A version is the packaged model folder logged as an MLflow pyfunc (models from code, safetensors
-  weights, nothing pickled), tagged with its identity and lineage: git commit, data hashes from
-  dvc.lock, full params, the aligner's weights hash, the prior, the image encoder and backbone ids.
+  weights, nothing pickled: art2mus.tracking.logged_model, below this module), tagged with its identity
+  and lineage: git commit, data hashes from dvc.lock, full params, the aligner's weights hash, the prior,
+  the image encoder and backbone ids.
 - Identity = sha256 over the weights hash, the prior, the image encoder, the code version and the
   hashes of the data the `train` stage read (its dvc.lock deps). Registering an identity the
   registry already holds returns that version and logs nothing, so the same code, params and data
@@ -37,7 +39,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -45,14 +46,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from art2mus.config import ServingParams
 from art2mus.env import project_root
 from art2mus.errors import Art2MusError
 from art2mus.io import read_json
 from art2mus.locks import concurrency_slot, file_lock
 from art2mus.tracking.client import registry_client
-from art2mus.tracking.lineage import Lineage, complete_train_run, library_versions
-from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment
+from art2mus.tracking.lineage import Lineage, complete_train_run
+from art2mus.tracking.logged_model import log_pyfunc
 from art2mus.workspace import (
     DECISION_CHAMPION_TAG,
     DECISION_KEY_TAG,
@@ -78,17 +78,9 @@ CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
 MIGRATE_COMMAND = "art2mus registry migrate"
 MIGRATION_TAG = "migration"  # on MODEL_NAME while a migration from FORMER_MODEL_NAME runs, then when it ended
 MIGRATION_IN_PROGRESS = "in progress"
-MIGRATED_FROM_TAG = "migrated_from"  # on a copied version: "<former name>/<former version>"
 VALIDATION_STATUSES = ("pending", "passed", "failed", "awaiting_approval")
 HISTORY_PREFIX = "history."
 DECISION_META_TAGS = (DECISION_REASONS_TAG, DECISION_CHAMPION_TAG, DECISION_KEY_TAG)
-MODEL_CODE = Path(__file__).resolve().parents[1] / "serving" / "model_code.py"
-LOGGED_MODEL_NAME = "art2mus"
-# What generating needs, pinned to the installed versions in the logged model's requirements.
-# art2mus itself is not on PyPI: serve in the project's environment (`--env-manager local`) at the
-# commit in the version's `git.commit` tag.
-RUNTIME_PACKAGES = ("mlflow", "torch", "torchaudio", "diffusers", "transformers", "safetensors", "numpy",
-                    "pandas", "pillow", "soundfile", "pydantic", "pyyaml")
 REGISTRY_LIMIT = "art2mus-registry"  # the Prefect concurrency limit a move of the champion takes (with a server)
 REGISTRY_WAIT_SECONDS = 60.0  # how long a promotion or rollback waits for another one (each holds it for seconds)
 ANY_CHAMPION = object()  # promote(expected_champion=...): move whichever version is champion now
@@ -199,11 +191,6 @@ def ensure_registered_model(client) -> None:
             raise
 
 
-def runtime_requirements() -> list[str]:
-    """The runtime packages pinned to what is installed (missing ones left out)."""
-    return [f"{package}=={installed}" for package, installed in library_versions(RUNTIME_PACKAGES).items()]
-
-
 def version_tags(identity: str, record: TrainRecord, info: Mapping[str, Any], lineage: Lineage) -> dict[str, str]:
     """Identity and lineage as the version's tags (validation starts `pending`)."""
     return VersionTags(
@@ -214,36 +201,6 @@ def version_tags(identity: str, record: TrainRecord, info: Mapping[str, Any], li
         code_version=lineage.code_version, data_hashes=lineage.data, training_data_hashes=lineage.training_data,
         params=lineage.params, training_inputs=lineage.inputs, gates=lineage.gates, libraries=lineage.libraries,
     ).to_tags()
-
-
-def serving_limits(lineage: Lineage) -> dict[str, Any]:
-    """The served model's limits (`serving:` of the params the lineage recorded; defaults when none): they
-    travel in the model_config, since a server has no params.yaml."""
-    return ServingParams.model_validate(lineage.params.get("serving") or {}).model_dump()
-
-
-def log_pyfunc(model_dir: Path, identity: str, record: TrainRecord, lineage: Lineage, uri: str,
-               experiment: str, root: Path) -> tuple[str, str, str]:
-    """Log the pyfunc in a `register` run; returns (model uri, logged model id, run id)."""
-    import mlflow
-
-    from art2mus.serving.pyfunc import MODEL_ARTIFACT, input_example, model_signature  # mlflow.pyfunc: when logging
-
-    mlflow.set_tracking_uri(uri)
-    experiment_id = ensure_experiment(experiment, uri, root)
-    tags = {"art2mus.stage": "register", "art2mus.identity": identity,
-            "art2mus.train_run_id": record.mlflow_run_id}
-    if os.environ.get(PARENT_RUN_ENV):
-        tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
-    with mlflow.start_run(experiment_id=experiment_id, run_name="register", tags=tags,
-                          nested=mlflow.active_run() is not None) as run:
-        mlflow.log_dict({**asdict(lineage), "code_version": lineage.code_version}, "lineage.json")
-        logged = mlflow.pyfunc.log_model(
-            name=LOGGED_MODEL_NAME, python_model=str(MODEL_CODE), artifacts={MODEL_ARTIFACT: str(model_dir)},
-            signature=model_signature(), input_example=input_example(), pip_requirements=runtime_requirements(),
-            model_config={"identity": identity, "serving": serving_limits(lineage)},
-        )
-    return logged.model_uri, logged.model_id, run.info.run_id
 
 
 def register_model(model_dir: str | Path, record: TrainRecord | Mapping[str, Any], lineage: Lineage, client=None,
@@ -508,115 +465,3 @@ def rollback(by: str, reason: str = "", client=None, root: Path | None = None) -
         client.set_model_version_tag(MODEL_NAME, current, ROLLED_BACK_AT_TAG, event.at)
     logger.info("registry: rolled back the champion from version %s to %s", current, target)
     return event
-
-
-@dataclass
-class Migration:
-    """What `migrate_former_name` did (or would refuse), for the command to print."""
-
-    copied: list[tuple[str, str]] = field(default_factory=list)  # (former version, new version)
-    aliases: dict[str, str] = field(default_factory=dict)  # alias -> new version
-    history_events: int = 0
-    other_tags: int = 0
-    description: bool = False
-    deleted_former: bool = False
-    former_exists: bool = True
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.copied or self.aliases or self.history_events or self.other_tags or self.description
-                    or self.deleted_former)
-
-
-def migrated_versions(client) -> tuple[dict[str, str], list[str]]:
-    """(former version -> new version) of the versions a migration copied, and the new versions it did not make."""
-    copied: dict[str, str] = {}
-    foreign: list[str] = []
-    for model_version in client.search_model_versions(f"name = '{MODEL_NAME}'"):
-        origin = model_version.tags.get(MIGRATED_FROM_TAG, "")
-        name, _, former = origin.rpartition("/")
-        if name == FORMER_MODEL_NAME:
-            copied[former] = str(model_version.version)
-        else:
-            foreign.append(str(model_version.version))
-    return copied, sorted(foreign, key=int)
-
-
-def start_migration(client) -> None:
-    """Create MODEL_NAME if absent and mark it as being migrated: commands refuse it until the mark says done."""
-    model = registered_model_or_none(client, MODEL_NAME)
-    if model is None:
-        model = client.create_registered_model(MODEL_NAME)
-    if MIGRATION_TAG not in model.tags:
-        client.set_registered_model_tag(MODEL_NAME, MIGRATION_TAG, MIGRATION_IN_PROGRESS)
-
-
-def copy_version(model_version: Any, client) -> str:
-    """A new version of MODEL_NAME with the former version's source, run, logged model, tags and description.
-
-    Not MlflowClient.copy_model_version: its copy's source is `models:/<former name>/<version>`, so the new
-    version would stop loading once the former model is deleted; this keeps the original source.
-    """
-    tags = {**model_version.tags, MIGRATED_FROM_TAG: f"{FORMER_MODEL_NAME}/{model_version.version}"}
-    created = client.create_model_version(MODEL_NAME, source=model_version.source, run_id=model_version.run_id,
-                                          tags=tags, run_link=model_version.run_link,
-                                          description=model_version.description, model_id=model_version.model_id)
-    return str(created.version)
-
-
-def copy_model_metadata(former: Any, target: Any, numbers: Mapping[str, str], migration: Migration, client) -> None:
-    """The former model's tags (the promotion history among them) and description the target lacks, and its
-    aliases on the new version numbers where the target has none by that name."""
-    for key, value in sorted(former.tags.items()):
-        if key in target.tags:
-            continue
-        client.set_registered_model_tag(MODEL_NAME, key, value)
-        if key.startswith(HISTORY_PREFIX):
-            migration.history_events += 1
-        else:
-            migration.other_tags += 1
-    if former.description and not target.description:
-        client.update_registered_model(MODEL_NAME, description=former.description)
-        migration.description = True
-    for alias, version in sorted(former.aliases.items()):
-        if alias not in target.aliases and str(version) in numbers:
-            client.set_registered_model_alias(MODEL_NAME, alias, numbers[str(version)])
-            migration.aliases[alias] = numbers[str(version)]
-
-
-def migrate_former_name(client, delete_former: bool = False) -> Migration:
-    """Copy FORMER_MODEL_NAME's versions, tags, description, history and aliases into MODEL_NAME.
-
-    Idempotent: versions are matched by their MIGRATED_FROM_TAG, tags and aliases already there are kept.
-    Before a first migration has finished, refuses when MODEL_NAME holds versions no migration made. Aliases
-    and model tags are copied only until the migration has finished once: afterwards MODEL_NAME's own champion
-    and history win (a version registered under the former name since is still copied). The former model
-    stays unless `delete_former`.
-    """
-    former = registered_model_or_none(client, FORMER_MODEL_NAME)
-    if former is None:
-        return Migration(former_exists=False)
-    copied, foreign = migrated_versions(client)
-    target = registered_model_or_none(client, MODEL_NAME)
-    finished = target is not None and target.tags.get(MIGRATION_TAG, MIGRATION_IN_PROGRESS) != MIGRATION_IN_PROGRESS
-    if foreign and not finished:
-        raise Art2MusError(
-            f"registry: {MODEL_NAME} already has versions {', '.join(foreign)} that did not come from "
-            f"{FORMER_MODEL_NAME}: migrating would mix two registries; compare them (art2mus history, the MLflow UI) "
-            f"and delete one of the two registered models by hand")
-    former_versions = sorted(client.search_model_versions(f"name = '{FORMER_MODEL_NAME}'"),
-                             key=lambda found: int(found.version))
-    pending = [model_version for model_version in former_versions if str(model_version.version) not in copied]
-    migration = Migration()
-    if pending or not finished:
-        start_migration(client)
-        for model_version in pending:
-            copied[str(model_version.version)] = copy_version(model_version, client)
-            migration.copied.append((str(model_version.version), copied[str(model_version.version)]))
-        if not finished:
-            copy_model_metadata(former, client.get_registered_model(MODEL_NAME), copied, migration, client)
-            client.set_registered_model_tag(MODEL_NAME, MIGRATION_TAG, f"from {FORMER_MODEL_NAME} at {utc_now()}")
-    if delete_former:
-        client.delete_registered_model(FORMER_MODEL_NAME)
-        migration.deleted_former = True
-    return migration

@@ -20,11 +20,11 @@ from art2mus.errors import Art2MusError
 from art2mus.generation import resolve_model_dir
 from art2mus.tracking.dvclock import data_hashes
 from art2mus.tracking.lineage import Lineage, collect_lineage, library_versions
+from art2mus.tracking.logged_model import RUNTIME_PACKAGES, runtime_requirements
 from art2mus.tracking.registry import (
     CHALLENGER,
     CHAMPION,
     MODEL_NAME,
-    RUNTIME_PACKAGES,
     aliases,
     champion_version,
     history,
@@ -32,7 +32,6 @@ from art2mus.tracking.registry import (
     record_validation,
     register_model,
     rollback,
-    runtime_requirements,
     set_challenger,
 )
 from tests.tiny_model import build_tiny_model

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from art2mus.cli.main import app
 from art2mus.errors import Art2MusError
+from art2mus.tracking.migration import migrate_former_name
 from art2mus.tracking.registry import (
     CHALLENGER,
     CHAMPION,
@@ -27,7 +28,6 @@ from art2mus.tracking.registry import (
     champion_version,
     ensure_registered_model,
     history,
-    migrate_former_name,
     require_registry,
 )
 
