@@ -74,7 +74,7 @@ def metric_table() -> list[MetricRow]:
 
 
 REPORT_META = {
-    "model": "models:/art2mus-aligner/3",
+    "model": "models:/art2mus/3",
     "weights_sha256": "0123abcd",
     "split": "test",
     "seeds": [0, 1],

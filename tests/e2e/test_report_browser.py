@@ -85,7 +85,7 @@ def test_report_shows_images_players_and_spectrograms(tmp_path: Path, capsys: py
     assert not seen["pwned"] and seen["scripts"] == 1
     assert seen["title"] == "Evaluation <test split>"
     assert any(HOSTILE_TITLE in header and HOSTILE_ID in header for header in seen["headers"])
-    assert any("models:/art2mus-aligner/3" in row for row in seen["meta"])
+    assert any("models:/art2mus/3" in row for row in seen["meta"])
 
     shot = screenshot(chromium, index, tmp_path / "report.png", width=WIDTH, height=min(seen["height"], 4000))
     ARTIFACT.parent.mkdir(exist_ok=True)
