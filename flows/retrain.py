@@ -14,7 +14,9 @@ retries, timeouts, mutual exclusion and the order of the steps, never a second i
 - Idempotent: registration goes by identity (weights, code, data: `register_model`), so a run with
   nothing changed registers nothing and says so; the verdict (art2mus.tracking.verdict) is not decided
   again on the same inputs, and a version that was champion before is never re-promoted automatically.
-- Every stage's MLflow run nests under one `retrain` run (ART2MUS_PARENT_RUN_ID).
+- Every stage's MLflow run nests under one `retrain` run (ART2MUS_PARENT_RUN_ID): art2mus.orchestration.parent_run.
+- A step that takes more than one library call (the gates' reports, registering, the model card, the
+  change report) is one call of art2mus.orchestration.steps.
 - A registered version gets its model card and licence summary once (art2mus.tracking.modelcard);
   the licence policy (`promotion.intended_use`) is checked before any scoring and again before
   promoting; every run publishes a change report against the champion (art2mus.tracking.changes).
@@ -25,7 +27,6 @@ Run as `python -m flows.retrain run|serve ...` in the project root (`main`): `ar
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -38,31 +39,32 @@ from prefect.artifacts import create_markdown_artifact
 
 from art2mus.alerts import notify_failure
 from art2mus.config import Params, load_params
-from art2mus.data.schema import GATES, REPORTS_DIR
+from art2mus.data.schema import GATES
 from art2mus.env import configure_environment, project_root
 from art2mus.errors import Art2MusError
 from art2mus.locks import concurrency_slot, file_lock, prefect_server_url
 from art2mus.orchestration import dvc_runner
-from art2mus.orchestration.console import flow_errors, report_failure, setup_flow_logging
+from art2mus.orchestration.console import flow_errors, report_failure, retrain_arguments, setup_flow_logging
 from art2mus.orchestration.dvc_runner import ReproFailed, ReproReport
-from art2mus.orchestration.outcome import RetrainOutcome, conclude, summary_markdown
+from art2mus.orchestration.outcome import RetrainOutcome, conclude, console_lines, summary_markdown
+from art2mus.orchestration.parent_run import close_retrain_run, environment, open_retrain_run
 from art2mus.orchestration.retries import task_options
-from art2mus.quality.report import GateFailed, failed_gates_markdown, read_report, results_headline
-from art2mus.tracking.client import registry_client
-from art2mus.tracking.licences import summary_lines, version_licences
-from art2mus.tracking.lineage import collect_lineage
-from art2mus.tracking.modelcard import CARD_FILE, document_version
-from art2mus.tracking.registry import (
-    MODEL_NAME,
-    RegisteredVersion,
-    champion_version,
-    get_version,
-    register_model,
-    require_registry,
+from art2mus.orchestration.steps import (
+    change_artifact,
+    document_with_licences,
+    failed_summaries,
+    gate_failure,
+    gate_reports,
+    passed_headlines,
+    register_trained_model,
 )
-from art2mus.tracking.runs import PARENT_RUN_ENV, ensure_experiment, git_state
+from art2mus.quality.report import failed_gates_markdown
+from art2mus.tracking.changes import ARTIFACT_KEY
+from art2mus.tracking.client import registry_client
+from art2mus.tracking.registry import RegisteredVersion, champion_version, require_registry
+from art2mus.tracking.runs import PARENT_RUN_ENV
 from art2mus.tracking.verdict import Verdict, decide_version, promote_version
-from art2mus.workspace import MODEL_DIR, RETRAIN_LOCK, TRAIN_RECORD, TrainRecord, tracking_uri
+from art2mus.workspace import RETRAIN_LOCK, tracking_uri
 
 CONCURRENCY_LIMIT = "art2mus-retrain"
 DEFAULT_WAIT_SECONDS = 3600.0  # how long a retrain waits for another one to finish
@@ -102,21 +104,14 @@ def enforce_gates(root: Path, failed_stage: str | None = None) -> list[str]:
     After the gate stage `failed_stage` failed only its own report counts. DVC removes a stage's outputs before
     running it, so no report means the stage stopped before checking anything: no verdict ([]), the caller raises
     the stage's failure."""
-    gates = [failed_stage] if failed_stage is not None else list(GATES)
-    reports = {gate: read_report(root, gate) for gate in gates}
-    failed = {gate: report for gate, report in reports.items() if report is not None and not report.success}
-    if failed:
-        summaries = {gate: report.summary for gate, report in failed.items()}  # as the gate's stage printed it
+    reports = gate_reports(root, failed_stage)
+    if summaries := failed_summaries(reports):
         create_markdown_artifact(failed_gates_markdown(summaries), key="quality-gates",
-                                 description=f"GX summary of {', '.join(failed)}")
-        raise GateFailed(f"quality gate {', '.join(failed)} failed; nothing was registered\n"
-                         + "\n".join(summaries.values()))
+                                 description=f"GX summary of {', '.join(summaries)}")
+        raise gate_failure(summaries)
     if failed_stage is not None:
         return []
-    if missing := [gate for gate, report in reports.items() if report is None]:
-        raise Art2MusError(f"no report of the quality gate(s) {', '.join(missing)} under {root / REPORTS_DIR} "
-                           "after dvc repro (is the stage still in dvc.yaml?)")
-    headlines = [results_headline(gate, report.result) for gate, report in reports.items() if report is not None]
+    headlines = passed_headlines(root, reports)
     for headline in headlines:
         get_run_logger().info("%s", headline)
     return headlines
@@ -125,58 +120,27 @@ def enforce_gates(root: Path, failed_stage: str | None = None) -> list[str]:
 @task(name="open tracking run", **task_options(TRACKING_TIMEOUT, retries=3))
 def open_tracking_run(root: Path, experiment: str, flow_run: str) -> str:
     """The flow's MLflow run; the stages' and the registration's runs nest under it."""
-    import mlflow  # heavy: imported when the flow runs, not when it is loaded
-
-    uri = tracking_uri(root)
-    mlflow.set_tracking_uri(uri)
-    run = registry_client(root).create_run(ensure_experiment(experiment, uri, root), run_name="retrain", tags={
-        "art2mus.stage": "retrain", "prefect.flow_run": flow_run, **git_state(root)})
-    get_run_logger().info("retrain: MLflow run %s (%s)", run.info.run_id, uri)
-    return run.info.run_id
+    run_id, uri = open_retrain_run(root, experiment, flow_run)
+    get_run_logger().info("retrain: MLflow run %s (%s)", run_id, uri)
+    return run_id
 
 
 @task(name="close tracking run", **task_options(TRACKING_TIMEOUT, retries=3))
 def close_tracking_run(root: Path, run_id: str, outcome: RetrainOutcome | None, error: str | None) -> None:
-    client = registry_client(root)
-    for key, value in (outcome.run_tags() if outcome is not None else {}).items():
-        client.set_tag(run_id, key, value)
-    if error is not None:
-        client.set_tag(run_id, "retrain.error", error[:5000])
-    client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
+    """Tag the flow's MLflow run with the outcome (or the error) and end it."""
+    close_retrain_run(root, run_id, outcome, error)
 
 
 @task(name="register", **task_options(REGISTER_TIMEOUT, retries=2))
 def register(root: Path, experiment: str) -> RegisteredVersion:
     """Register models/art2mus, or find the version that already has its identity (DVC skipped train)."""
-    logger = get_run_logger()
-    if not (root / TRAIN_RECORD).is_file():
-        raise Art2MusError(f"{root / TRAIN_RECORD}: missing; the train stage writes it (run dvc repro)")
-    record = TrainRecord.read(root / TRAIN_RECORD)
-    registered = register_model(root / MODEL_DIR, record, collect_lineage(root), client=registry_client(root),
-                                experiment=experiment, root=root)
-    if registered.created:
-        logger.info("register: %s version %s (weights %s, train run %s)", MODEL_NAME, registered.version,
-                    record.weights_sha256[:12], record.mlflow_run_id)
-    else:
-        logger.info("register: nothing new to register: %s version %s already has this model's identity "
-                    "(weights %s, same code and data)", MODEL_NAME, registered.version, record.weights_sha256[:12])
-    return registered
+    return register_trained_model(root, experiment, registry_client(root), get_run_logger())
 
 
 @task(name="model card", **task_options(REGISTER_TIMEOUT, retries=2))
 def document(root: Path, version: str, params: Params) -> bool:
     """The version's model card and licence summary (once per version: a re-run writes nothing)."""
-    logger = get_run_logger()
-    client = registry_client(root)
-    written = document_version(root, version, params, client)
-    if written:
-        logger.info("model card: wrote %s for version %s (MLflow run of the version)", CARD_FILE, version)
-    else:
-        logger.info("model card: version %s already has its %s; nothing written", version, CARD_FILE)
-    licences = version_licences(get_version(version, client).tags)
-    for line in summary_lines(licences) if licences else []:
-        logger.info("licences: %s", line)
-    return written
+    return document_with_licences(root, version, params, registry_client(root), get_run_logger())
 
 
 @task(name="decide", **task_options(DECIDE_TIMEOUT, retries=1, first_delay=10))
@@ -198,23 +162,9 @@ def promote_candidate(root: Path, version: str, verdict: Verdict, by: str, param
 def report_changes(root: Path, version: str, champion: str | None, params: Params, run_id: str | None) -> str:
     """What changed since the champion the candidate was judged against: a Prefect markdown artifact
     and `change_report.md` / `.json` on the flow's MLflow run."""
-    from art2mus.tracking.changes import ARTIFACT_KEY, REPORT_FILE, REPORT_JSON, build_change_report, report_markdown
-
-    client = registry_client(root)
-    try:
-        report = build_change_report(root, version, champion, list(params.promotion.metrics), client)
-    except Art2MusError as error:  # a report that cannot be made must not undo a retrain that is done
-        get_run_logger().warning("change report: not made: %s", error)
-        create_markdown_artifact(f"# Change report: version {version}\n\nNot made: {error}\n", key=ARTIFACT_KEY,
-                                 description="the change report could not be made")
-        return ""
-    markdown = report_markdown(report, params.promotion.confidence)
-    create_markdown_artifact(markdown, key=ARTIFACT_KEY, description=report.headline[:500])
-    if run_id is not None:
-        client.log_text(run_id, markdown, REPORT_FILE)
-        client.log_dict(run_id, report.to_dict(), REPORT_JSON)
-    get_run_logger().info("change report: %s", report.headline)
-    return markdown
+    artifact = change_artifact(root, version, champion, params, run_id, registry_client(root), get_run_logger())
+    create_markdown_artifact(artifact.markdown, key=ARTIFACT_KEY, description=artifact.description)
+    return artifact.markdown if artifact.made else ""
 
 
 @contextlib.contextmanager
@@ -235,21 +185,6 @@ def retrain_slot(name: str, wait_seconds: float, logger) -> Iterator[None]:
     with concurrency_slot(name, wait_seconds, RetrainBusy(f"the Prefect concurrency limit {name!r} stayed full for "
                                                           f"{wait_seconds:.0f} s (another retrain is running)"), logger):
         yield
-
-
-@contextlib.contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for this process and its commands, restoring them afterwards."""
-    previous = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @flow(name="retrain", timeout_seconds=FLOW_TIMEOUT, log_prints=False, validate_parameters=True,
@@ -313,9 +248,8 @@ def run_now(root: Path, wait_seconds: float) -> None:
     """One retrain, then what it did on stdout (what `art2mus retrain` prints before the champion)."""
     started = time.monotonic()
     outcome = retrain(project_dir=str(root), wait_seconds=wait_seconds)
-    print(f"retrain: {outcome.message}")
-    print(f"stages ran: {', '.join(outcome.ran) or 'none'}; skipped: {', '.join(outcome.skipped) or 'none'}")
-    print(f"took {time.monotonic() - started:.1f} s (dvc repro {outcome.repro_seconds:.1f} s)")
+    for line in console_lines(outcome, time.monotonic() - started):
+        print(line)
 
 
 def serve_on_schedule(root: Path, name: str, cron: str, timezone: str, wait_seconds: float) -> None:
@@ -334,23 +268,9 @@ def serve_on_schedule(root: Path, name: str, cron: str, timezone: str, wait_seco
                   print_starting_message=False)
 
 
-def arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m flows.retrain", description="The retrain flow of this project.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="Retrain now.")
-    run.add_argument("--wait", type=float, default=DEFAULT_WAIT_SECONDS, help="Seconds to wait for another retrain.")
-    run.add_argument("--quiet", action="store_true", help="Only warnings and errors.")
-    serve = commands.add_parser("serve", help="Serve the flow on a cron schedule (needs PREFECT_API_URL).")
-    serve.add_argument("--name", required=True)
-    serve.add_argument("--cron", required=True)
-    serve.add_argument("--timezone", default="UTC")
-    serve.add_argument("--wait", type=float, default=DEFAULT_WAIT_SECONDS)
-    return parser.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run or serve the flow; expected errors end as one line on stderr and exit code 1, not a traceback."""
-    options = arguments(argv)
+    options = retrain_arguments(argv, DEFAULT_WAIT_SECONDS)
     setup_flow_logging(options.command == "run" and options.quiet)
     root = configure_environment(project_root())
     # A first start migrates Prefect's database; on a busy machine that outlasts Prefect's 20 s default.

@@ -1,9 +1,11 @@
-"""How a flow run from the command line reports: plain log lines, and our errors as one-line messages."""
+"""How a flow runs from the command line: its arguments, plain log lines, and our errors as one-line messages."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+from collections.abc import Sequence
 
 from art2mus.errors import Art2MusError
 from art2mus.logs import setup_logging
@@ -38,3 +40,18 @@ def report_failure(command: str, error: Exception) -> int:
     """`art2mus: <command>: <error>` on stderr; the exit code of a failed command."""
     print(f"art2mus: {command}: {error}", file=sys.stderr)
     return 1
+
+
+def retrain_arguments(argv: Sequence[str] | None, default_wait: float) -> argparse.Namespace:
+    """`python -m flows.retrain run [--wait S] [--quiet]` or `serve --name N --cron C [--timezone Z] [--wait S]`."""
+    parser = argparse.ArgumentParser(prog="python -m flows.retrain", description="The retrain flow of this project.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="Retrain now.")
+    run.add_argument("--wait", type=float, default=default_wait, help="Seconds to wait for another retrain.")
+    run.add_argument("--quiet", action="store_true", help="Only warnings and errors.")
+    serve = commands.add_parser("serve", help="Serve the flow on a cron schedule (needs PREFECT_API_URL).")
+    serve.add_argument("--name", required=True)
+    serve.add_argument("--cron", required=True)
+    serve.add_argument("--timezone", default="UTC")
+    serve.add_argument("--wait", type=float, default=default_wait)
+    return parser.parse_args(argv)

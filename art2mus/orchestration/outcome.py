@@ -33,7 +33,15 @@ class RetrainOutcome:
                 "retrain.stages_ran": ",".join(self.ran), "retrain.message": self.message[:MAX_TAG_CHARS]}
 
 
+def console_lines(outcome: RetrainOutcome, seconds: float) -> list[str]:
+    """What a retrain run from the command line prints (`art2mus retrain` then names the champion)."""
+    return [f"retrain: {outcome.message}",
+            f"stages ran: {', '.join(outcome.ran) or 'none'}; skipped: {', '.join(outcome.skipped) or 'none'}",
+            f"took {seconds:.1f} s (dvc repro {outcome.repro_seconds:.1f} s)"]
+
+
 def summary_markdown(outcome: RetrainOutcome) -> str:
+    """The retrain-summary artifact: the outcome's sentence, version, status, champion, stages and reasons."""
     lines = [f"# Retrain: {outcome.message}", "",
              f"- version: {outcome.version} ({'registered now' if outcome.registered else 'already registered'})",
              f"- validation status: {outcome.status}", f"- champion: {outcome.champion or 'none'}",

@@ -1,7 +1,9 @@
-"""Unit tests of the retrain flow's parts: the locks, the retry policy and the verdict's bookkeeping."""
+"""Unit tests of the retrain flow's parts: the locks, the retry policy, the verdict's bookkeeping, the
+command line, the environment the stages inherit and the gates' reports."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,11 @@ from sqlalchemy.exc import OperationalError
 from art2mus.config import load_params
 from art2mus.errors import Art2MusError
 from art2mus.locks import concurrency_slot, file_lock
+from art2mus.orchestration.console import retrain_arguments
+from art2mus.orchestration.parent_run import environment
 from art2mus.orchestration.retries import TransientFailure, is_transient, task_options
+from art2mus.orchestration.steps import failed_summaries, gate_failure, gate_reports, passed_headlines
+from art2mus.quality.report import GateReport
 from art2mus.tracking.verdict import decision_key, paired, previous_verdict
 from art2mus.workspace import DECISION_KEY_TAG, PROMOTED_AT_TAG, ROLLED_BACK_AT_TAG, VALIDATION_TAG
 
@@ -130,3 +136,35 @@ def test_scores_are_paired_by_item_and_unmatched_items_are_refused() -> None:
     assert challenger["score"].tolist() == [0.5, 0.7] and champion["score"].tolist() == [0.2, 0.1]
     with pytest.raises(Art2MusError, match="share only 1"):
         paired(ours, theirs.iloc[:1], ["score"])
+
+
+def test_the_flow_command_line_runs_or_serves_with_the_default_wait() -> None:
+    run = retrain_arguments(["run", "--quiet"], 60.0)
+    assert (run.command, run.wait, run.quiet) == ("run", 60.0, True)
+    serve = retrain_arguments(["serve", "--name", "nightly", "--cron", "0 3 * * *"], 60.0)
+    assert (serve.command, serve.name, serve.cron, serve.timezone, serve.wait) == ("serve", "nightly", "0 3 * * *",
+                                                                                  "UTC", 60.0)
+    with pytest.raises(SystemExit):
+        retrain_arguments(["serve", "--name", "nightly"], 60.0)  # no --cron
+
+
+def test_the_environment_is_restored_after_the_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ART2MUS_TEST_KEPT", "before")
+    monkeypatch.delenv("ART2MUS_TEST_NEW", raising=False)
+    with environment({"ART2MUS_TEST_KEPT": "during", "ART2MUS_TEST_NEW": "during"}):
+        assert os.environ["ART2MUS_TEST_KEPT"] == os.environ["ART2MUS_TEST_NEW"] == "during"
+    assert os.environ["ART2MUS_TEST_KEPT"] == "before" and "ART2MUS_TEST_NEW" not in os.environ
+
+
+def test_gate_reports_name_the_failed_gates_and_the_missing_ones(tmp_path: Path) -> None:
+    failing = GateReport("validate_raw", False, "validate_raw: FAILED 1 of 2 expectations",
+                         {"gate": "validate_raw", "success": False, "suites": {},
+                          "statistics": {"evaluated_expectations": 2, "successful_expectations": 1,
+                                         "unsuccessful_expectations": 1}})
+    failing.write(tmp_path / "data/reports/validate_raw.json")
+    summaries = failed_summaries(gate_reports(tmp_path, "validate_raw"))
+    assert list(summaries) == ["validate_raw"]
+    assert str(gate_failure(summaries)).startswith("quality gate validate_raw failed; nothing was registered\n")
+    assert failed_summaries(gate_reports(tmp_path, "validate_splits")) == {}  # the stage left no report
+    with pytest.raises(Art2MusError, match="no report of the quality gate"):
+        passed_headlines(tmp_path, gate_reports(tmp_path, None))
