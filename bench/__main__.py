@@ -17,6 +17,7 @@ BENCHMARKS = {
     "memory": "bench.memory",
     "generation": "bench.generation",
     "serving_memory": "bench.serving_memory",
+    "prior_quality": "bench.prior_quality",
 }
 RESULTS = Path("bench/results")
 

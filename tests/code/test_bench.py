@@ -25,7 +25,8 @@ def assert_goals(result: dict, names: set[str], larger_is_better: bool = True) -
 
 
 def test_every_benchmark_is_registered_with_a_run_function() -> None:
-    assert list(BENCHMARKS) == ["ingest", "pairing", "training", "memory", "generation", "serving_memory"]
+    assert list(BENCHMARKS) == ["ingest", "pairing", "training", "memory", "generation", "serving_memory",
+                               "prior_quality"]
     assert all(callable(benchmark(name)) for name in BENCHMARKS)
 
 
@@ -114,3 +115,17 @@ def test_serving_memory_quick() -> None:
     assert result["hostile_answers"] == {"400": 4}  # every hostile request refused
     assert positive(result["rss_after_benign_mb"]) and positive(result["rss_after_hostile_mb"])
     assert_goals(result, {"rss_after_hostile_mb"}, larger_is_better=False)
+
+
+def test_prior_quality_quick() -> None:
+    result = benchmark("prior_quality")(quick=True)
+    assert result["benchmark"] == "prior_quality" and result["train_tracks"] > result["held_out_tracks"] > 0
+    (point,) = result["points"]
+    assert positive(point["train_seconds"]) and point["unet_parameters"] > 0
+    for row in (*point["oracle"].values(), point["floor"]):
+        assert set(row["planted"]) == {"register", "notes_per_second", "timbre"}
+        assert all(0 <= row["planted_low"][f] <= row["planted"][f] <= 1 for f in row["planted"])
+        assert positive(row["fad_spectral"])
+    assert list(point["oracle"]) == ["guidance_3.5"]  # quick: the evaluation's guidance only
+    for found in point["goals"].values():  # the oracle's accuracy against the references', per factor
+        assert found["target"] == 0.8 and found["met"] is (found["value"] >= 0.8)

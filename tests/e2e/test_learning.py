@@ -67,6 +67,19 @@ def test_generated_music_carries_the_planted_factors(metrics: dict) -> None:
         assert score["accuracy"]["low"] <= score["chance"] + 0.05, factor
 
 
+def test_the_oracle_and_the_floor_bound_what_the_model_can_score(metrics: dict) -> None:
+    """The oracle row (clips from the prior's own conditioning of each track) and the floor (the references
+    through codec and vocoder) are scored like the model: the ceiling of what the prior renders, and the
+    FAD a perfect model would score."""
+    generation = metrics["generation"]
+    floor, oracle, trained = generation["references_vocoded"], generation["oracle"], generation["trained"]
+    for factor, score in floor["planted"].items():
+        assert score["accuracy"]["value"] >= 0.8, factor  # the vocoded references carry every factor
+    assert oracle["planted"]["register"]["accuracy"]["low"] > oracle["planted"]["register"]["chance"]
+    assert floor["fad_spectral"]["high"] < oracle["fad_spectral"]["low"]
+    assert floor["fad_spectral"]["high"] < trained["fad_spectral"]["low"]
+
+
 def spectral_flatness(wave: np.ndarray) -> float:
     """Geometric over arithmetic mean of the power spectrum: ~1 for white noise, small for tones."""
     power = np.abs(np.fft.rfft(wave)) ** 2 + 1e-12
