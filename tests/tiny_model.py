@@ -8,7 +8,7 @@ from typing import Any
 
 from art2mus.config import AudioParams, BackboneParams, EncoderSpec
 from art2mus.models.aligner import ImageAligner
-from art2mus.models.encoders import build_tiny_image_encoder
+from art2mus.models.encoders import ClapAudioEmbedder, build_tiny_image_encoder, seeded_build
 from art2mus.models.pipeline import save_model
 from art2mus.models.tiny import build_tiny_backbone, save_tiny_backbone
 
@@ -32,3 +32,20 @@ def build_tiny_model(root: Path, info: dict[str, Any] | None = None) -> Path:
     aligner = ImageAligner(image_dim=encoder.dim, lm_width=backbone.lm_width, tokens=4, hidden_dim=32)
     save_model(root / "art2mus", aligner, root / "prior", EncoderSpec(name="tiny"), info or {"note": "test"})
     return root / "art2mus"
+
+
+def tiny_clap() -> ClapAudioEmbedder:
+    """CLAP's real classes at a tiny size, seeded (2 s window, 32-d), as the CLAP embedder holds it."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+
+    config = ClapConfig(
+        text_config={"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "intermediate_size": 64, "max_position_embeddings": 40, "projection_dim": 32},
+        audio_config={"spec_size": 128, "num_mel_bins": 64, "window_size": 4, "depths": [1, 1],
+                      "num_attention_heads": [2, 2], "patch_embeds_hidden_size": 16, "hidden_size": 32,
+                      "projection_dim": 32, "num_hidden_layers": 2},
+        projection_dim=32,
+    )
+    extractor = ClapFeatureExtractor(feature_size=64, sampling_rate=16000, hop_length=320, max_length_s=2,
+                                     fft_window_size=512, frequency_max=8000)
+    return ClapAudioEmbedder(seeded_build(lambda: ClapModel(config)).eval(), extractor, "in-memory")

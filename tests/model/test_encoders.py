@@ -23,7 +23,6 @@ from art2mus.data.sample import FACTORS, make_sample
 from art2mus.errors import Art2MusError
 from art2mus.features.media import decode_audio_crop
 from art2mus.models.encoders import (
-    ClapAudioEmbedder,
     EncoderRef,
     build_tiny_audio_embedder,
     build_tiny_image_encoder,
@@ -34,6 +33,7 @@ from art2mus.models.encoders import (
     save_imagebind,
     seeded_build,
 )
+from tests.tiny_model import tiny_clap
 
 AUDIO = AudioParams()
 PROBE_SAMPLE = {"seed": 11, "n_artworks": 120, "n_extra_tracks": 0, "n_artists": 12, "image_size": 128,
@@ -184,20 +184,7 @@ def test_auto_device_is_cuda_when_visible_unless_art2mus_device_is_set(monkeypat
 
 
 def test_clap_loads_back_from_save_pretrained(tmp_path: Path) -> None:
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
-
-    config = ClapConfig(
-        text_config={"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 64, "max_position_embeddings": 40, "projection_dim": 32},
-        audio_config={"spec_size": 128, "num_mel_bins": 64, "window_size": 4, "depths": [1, 1],
-                      "num_attention_heads": [2, 2], "patch_embeds_hidden_size": 16, "hidden_size": 32,
-                      "projection_dim": 32, "num_hidden_layers": 2},
-        projection_dim=32,
-    )
-    model = seeded_build(lambda: ClapModel(config)).eval()
-    extractor = ClapFeatureExtractor(feature_size=64, sampling_rate=16000, hop_length=320, max_length_s=2,
-                                     fft_window_size=512, frequency_max=8000)
-    built = ClapAudioEmbedder(model, extractor, "in-memory")
+    built = tiny_clap()
     built.save_pretrained(tmp_path / "clap")
     claim_float64(tmp_path / "clap")
     loaded = load_audio_embedder(EncoderSpec(name="clap", source=str(tmp_path / "clap")))

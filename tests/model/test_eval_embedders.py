@@ -36,7 +36,6 @@ from art2mus.evaluation.scores import (
 )
 from art2mus.models.audio import AudioDecodeError, log_mel
 from art2mus.models.encoders import (
-    ClapAudioEmbedder,
     build_tiny_audio_embedder,
     build_tiny_image_encoder,
     load_audio_embedder,
@@ -45,6 +44,7 @@ from art2mus.models.encoders import (
     seeded_build,
 )
 from tests.model.test_encoders import TINY_IMAGEBIND, noise_images, require_imagebind
+from tests.tiny_model import tiny_clap
 
 RATE = 16000
 
@@ -104,20 +104,7 @@ def test_windowed_tiny_embedder_gives_one_row_per_window_and_a_tail() -> None:
 
 
 def test_clap_rows_are_clap_embeddings_of_its_own_window(tmp_path: Path) -> None:
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
-
-    config = ClapConfig(
-        text_config={"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 64, "max_position_embeddings": 40, "projection_dim": 32},
-        audio_config={"spec_size": 128, "num_mel_bins": 64, "window_size": 4, "depths": [1, 1],
-                      "num_attention_heads": [2, 2], "patch_embeds_hidden_size": 16, "hidden_size": 32,
-                      "projection_dim": 32, "num_hidden_layers": 2},
-        projection_dim=32,
-    )
-    extractor = ClapFeatureExtractor(feature_size=64, sampling_rate=16000, hop_length=320, max_length_s=2,
-                                     fft_window_size=512, frequency_max=8000)
-    ClapAudioEmbedder(seeded_build(lambda: ClapModel(config)).eval(), extractor, "in-memory").save_pretrained(
-        tmp_path / "clap")
+    tiny_clap().save_pretrained(tmp_path / "clap")
     embedder = load_frame_embedder("clap", str(tmp_path / "clap"))
     clap = load_audio_embedder(EncoderSpec(name="clap", source=str(tmp_path / "clap")))
     assert embedder.window_seconds == 2.0 and embedder.embedder_id.startswith(clap.encoder_id)
