@@ -390,16 +390,3 @@ def pair_by_similarity(
     )
     return SimilarityPairing(pairs=pairs, dropped=dropped, report=report)
 
-
-def assign_pairs(
-    image_ids: Ids,
-    image_emb: np.ndarray,
-    audio_ids: Ids,
-    audio_emb: np.ndarray,
-    image_space: str | None,
-    audio_space: str | None,
-    params: SimilarityParams,
-) -> tuple[pd.DataFrame, dict]:
-    """Pairs [artwork_id, track_id, similarity] and the pairs-quality report (see `pair_by_similarity`)."""
-    result = pair_by_similarity(image_ids, image_emb, audio_ids, audio_emb, image_space, audio_space, params)
-    return result.pairs, result.report

@@ -16,7 +16,6 @@ from art2mus.data.similarity import (
     AUCTION_EPSILON,
     UNPAIRED_VALUE,
     SimilarityPairingError,
-    assign_pairs,
     auction_matching,
     pair_by_similarity,
     top_k_tracks,
@@ -28,6 +27,12 @@ SPACE = "imagebind"
 N_FACTORS, N_LEVELS = 3, 4
 DENSE = SimilarityParams(min_similarity=-1.0)
 SPARSE = SimilarityParams(min_similarity=-1.0, dense_max=8, top_k=16)
+
+
+def assign_pairs(*args) -> tuple[pd.DataFrame, dict]:
+    """pair_by_similarity's pairs and report."""
+    result = pair_by_similarity(*args)
+    return result.pairs, result.report
 
 
 def planted_embeddings(
