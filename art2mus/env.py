@@ -25,6 +25,11 @@ OFFLINE_DEFAULTS = {
 # instance role's. Off unless the user set it: on a cloud instance with a role, AWS_EC2_METADATA_DISABLED=false.
 CLOUD_METADATA_DEFAULTS = {"AWS_EC2_METADATA_DISABLED": "true"}
 OFFLINE_DEFAULTS.update(CLOUD_METADATA_DEFAULTS)
+# Prefect gives its ephemeral API server 20 s to start; on a busy 2-core machine its imports alone can
+# take longer, and the retrain or features flow then fails before it starts ("Timed out while attempting
+# to connect to ephemeral Prefect API server"). An explicit setting wins.
+SLOW_MACHINE_DEFAULTS = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+OFFLINE_DEFAULTS.update(SLOW_MACHINE_DEFAULTS)
 
 
 def project_root(start: str | Path | None = None) -> Path:
