@@ -48,6 +48,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "layout_4x8": ({}, {"fold_time": 4, "fold_mel": 8}),  # finer time in the latent, same positions
     "attention_2_levels": ({}, {"attention_levels": 2}),
     "steps_800": ({"steps": 800}, {}),
+    "steps_800_batch_32": ({"steps": 800, "batch_size": 32}, {}),  # default's samples, twice its updates
 }
 GUIDANCE = (3.5, 1.5, 6.0)  # the evaluation's first; the oracle clips at each
 TARGET_ORACLE_VS_REFERENCE = 0.8  # issue 14: the oracle row reads each factor at >= 0.8 of the references
