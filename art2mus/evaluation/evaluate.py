@@ -42,7 +42,7 @@ from art2mus.evaluation.correspondence import (
 )
 from art2mus.evaluation.embedders import embed_waveforms, load_frame_embedder, metric_name
 from art2mus.evaluation.fad import fad_sets
-from art2mus.evaluation.planted import MUSIC_FACTORS, VOCODE_BATCH, fit_factor_estimator, vocoded
+from art2mus.evaluation.planted import MUSIC_FACTORS, VOCODE_BATCH, fit_factor_estimator
 from art2mus.evaluation.report import MetricRow, ReportItem, write_report
 from art2mus.evaluation.scores import image_bind_score_of, kl_score
 from art2mus.generation import open_image, resolve_model_dir, write_wav
@@ -147,10 +147,12 @@ def oracle_absent(pipeline: Art2MusPipeline) -> str:
 
 
 @torch.no_grad()
-def references_vocoded(pipeline: Art2MusPipeline, references: list[np.ndarray], audio: AudioParams) -> list[np.ndarray]:
-    """The reference crops through the model's codec round trip and vocoder, trimmed like generated clips."""
-    samples = len(references[0])
-    return [wave for batch in vocoded(references, pipeline.backbone, audio) for wave in trimmed(batch, samples)]
+def references_vocoded(pipeline: Art2MusPipeline, latents: torch.Tensor, samples: int) -> list[np.ndarray]:
+    """The references' latents (already encoded) decoded and vocoded, trimmed like generated clips."""
+    backbone = pipeline.backbone
+    return [wave for start in range(0, len(latents), VOCODE_BATCH)
+            for wave in trimmed(backbone.vocoder(backbone.codec.decode_in_range(
+                latents[start: start + VOCODE_BATCH].to(pipeline.device))), samples)]
 
 
 @torch.no_grad()
@@ -300,18 +302,19 @@ def evaluate_model(pipeline: Art2MusPipeline, data: SplitData, params: Params, o
     logger.info("evaluate: generating %d clips for each of %s", n, ", ".join(config.generate))
     tokens = baseline_tokens(pipeline.aligner, embeds, config.untrained_seeds[0])
     absent: dict[str, str] = {}
-    oracle = oracle_tokens(pipeline, latents) if ORACLE in config.generate else None
-    if oracle is not None:
-        tokens[ORACLE] = oracle
-    elif ORACLE in config.generate:
-        absent[ORACLE] = oracle_absent(pipeline)
+    if ORACLE in config.generate:
+        oracle = oracle_tokens(pipeline, latents)
+        if oracle is None:
+            absent[ORACLE] = oracle_absent(pipeline)
+        else:
+            tokens[ORACLE] = oracle
     generated: dict[str, list[np.ndarray]] = {name: pipeline.render(tokens[name], generation) for name in GENERATING
                                               if name in tokens and name in config.generate}
     caption_waves, captions = caption_baseline(pipeline, pairs, config, generation)
     if caption_waves is not None:
         generated[CAPTION_BASELINE] = caption_waves
     if REFERENCES_VOCODED in config.generate:
-        generated[REFERENCES_VOCODED] = references_vocoded(pipeline, references, audio)
+        generated[REFERENCES_VOCODED] = references_vocoded(pipeline, latents, len(references[0]))
     metrics: dict[str, Any] = {
         "split": config.split, "items": n, "k": config.k, "draws": config.draws, "seed": config.seed,
         "model": {key: pipeline.info.get(key) for key in ("weights_sha256", "prior", "image_encoder_id")},

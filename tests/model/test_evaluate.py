@@ -27,7 +27,7 @@ from art2mus.evaluation.evaluate import (
     reference_crops,
     references_vocoded,
 )
-from art2mus.evaluation.planted import MUSIC_FACTORS
+from art2mus.evaluation.planted import MUSIC_FACTORS, vocoded
 from art2mus.models.pipeline import Art2MusPipeline, trimmed
 from tests.tiny_model import build_tiny_model
 
@@ -144,12 +144,12 @@ def test_the_fad_floor_is_the_references_through_codec_and_vocoder(sample: Path,
     pipeline = Art2MusPipeline.from_pretrained(build_tiny_model(tmp_path))
     data = split_of(sample, slice(0, 3))
     references = reference_crops(data.track_paths, AudioParams())
-    floor = references_vocoded(pipeline, references, AudioParams())
+    latents = encode_latents(pipeline, references, AudioParams())
+    floor = references_vocoded(pipeline, latents, len(references[0]))
     assert [len(wave) for wave in floor] == [len(wave) for wave in references]
     assert all(wave.dtype == np.float32 and np.abs(wave).max() <= 0.99 + 1e-6 for wave in floor)
-    # What a generated clip goes through after sampling: the same codec round trip and vocoder, batch for batch.
-    latents = encode_latents(pipeline, references, AudioParams())
-    rendered = pipeline.backbone.vocoder(pipeline.backbone.codec.decode_in_range(latents.to(pipeline.device)))
+    # The same music the planted-factor estimator renders from the waveforms (log-mel, codec round trip, vocoder).
+    (rendered,) = vocoded(references, pipeline.backbone, AudioParams())
     np.testing.assert_allclose(np.stack(floor), np.stack(trimmed(rendered, len(references[0]))), atol=1e-5)
 
 
