@@ -49,6 +49,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "attention_2_levels": ({}, {"attention_levels": 2}),
     "steps_800": ({"steps": 800}, {}),
     "steps_800_batch_32": ({"steps": 800, "batch_size": 32}, {}),  # default's samples, twice its updates
+    "ema_0.99": ({"ema_decay": 0.99}, {}),  # the weights' moving average (about the last 100 steps)
 }
 GUIDANCE = (3.5, 1.5, 6.0)  # the evaluation's first; the oracle clips at each
 TARGET_ORACLE_VS_REFERENCE = 0.8  # issue 14: the oracle row reads each factor at >= 0.8 of the references

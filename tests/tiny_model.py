@@ -1,10 +1,13 @@
 """Tiny things for tests: a packaged art2mus model of untrained parts (registry and serving tests), and a
-project small enough that the train stage's upstream runs in a minute or two (training-stage tests)."""
+project small enough that the train stage's upstream runs in a minute or two (training-stage tests), and
+a synthetic track of notes (the prior's crops and training)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from art2mus.config import AudioParams, BackboneParams, EncoderSpec
 from art2mus.models.aligner import ImageAligner
@@ -49,3 +52,16 @@ def tiny_clap() -> ClapAudioEmbedder:
     extractor = ClapFeatureExtractor(feature_size=64, sampling_rate=16000, hop_length=320, max_length_s=2,
                                      fft_window_size=512, frequency_max=8000)
     return ClapAudioEmbedder(seeded_build(lambda: ClapModel(config)).eval(), extractor, "in-memory")
+
+
+def note_track(seconds: float, seed: int, offset: float = 0.0, sample_rate: int = 16000) -> np.ndarray:
+    """Decaying tones at random times and pitches, louder towards the end (so crops differ in peak), plus
+    a DC offset (so they differ in mean)."""
+    rng = np.random.default_rng(seed)
+    n = round(seconds * sample_rate)
+    t = np.arange(n) / sample_rate
+    wave = np.zeros(n)
+    for onset in np.sort(rng.uniform(0, seconds, 12)):
+        tail = t >= onset
+        wave[tail] += np.sin(2 * np.pi * rng.uniform(110, 1760) * t[tail]) * np.exp(-6 * (t[tail] - onset))
+    return (wave * np.linspace(0.3, 1.0, n) + offset).astype(np.float32)

@@ -64,6 +64,7 @@ class PriorParams(Section):
     weight_decay: float = Field(1e-2, ge=0)
     cond_dropout: float = Field(0.1, ge=0, lt=1)
     random_crops: bool = True  # crops anywhere in the track (the factors are stationary)
+    ema_decay: float | None = Field(None, gt=0, lt=1)  # keep an EMA of the weights (diffusers' EMAModel); None: off
     seed: int = 0
     threads: Threads = Field(AUTO, validate_default=True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from art2mus.config import AudioParams
 from art2mus.errors import Art2MusError
 from art2mus.models.backbone import LatentCodec
 
+if TYPE_CHECKING:
+    from torchaudio.transforms import MelSpectrogram
+
 LOG_FLOOR = 1e-5  # AudioLDM's dynamic-range compression: log(clamp(mel, 1e-5))
 F_MAX = 8000.0
 
@@ -29,7 +33,7 @@ class AudioDecodeError(Art2MusError):
     """An audio file could not be read or is too short for the crop."""
 
 
-def mel_transform(audio: AudioParams) -> torch.nn.Module:
+def mel_transform(audio: AudioParams) -> MelSpectrogram:
     """Magnitude mel spectrogram as AudioLDM computes it (Slaney scale and norm, fmax 8 kHz)."""
     import torchaudio
 
@@ -77,7 +81,10 @@ def crop_waveform(wave: np.ndarray, audio: AudioParams, offset_seconds: float | 
     return crop.astype(np.float32)
 
 
-def normalize_wav(wave: np.ndarray, peak: float = 0.5) -> np.ndarray:
+NORMALIZED_PEAK = 0.5  # AudioLDM2's normalize_wav peak
+
+
+def normalize_wav(wave: np.ndarray, peak: float = NORMALIZED_PEAK) -> np.ndarray:
     """AudioLDM2's `normalize_wav`: the mean removed, then peak-normalised to `peak` (0.5)."""
     centred = wave - wave.mean() if len(wave) else wave
     return (centred / (np.abs(centred).max(initial=0.0) + 1e-8) * peak).astype(np.float32)
