@@ -44,7 +44,13 @@ from art2mus.env import configure_environment, project_root
 from art2mus.errors import Art2MusError
 from art2mus.locks import concurrency_slot, file_lock, prefect_server_url
 from art2mus.orchestration import dvc_runner
-from art2mus.orchestration.console import flow_errors, report_failure, retrain_arguments, setup_flow_logging
+from art2mus.orchestration.console import (
+    flow_errors,
+    report_failure,
+    retrain_arguments,
+    setup_flow_logging,
+    start_local_prefect_api,
+)
 from art2mus.orchestration.dvc_runner import ReproFailed, ReproReport
 from art2mus.orchestration.outcome import RetrainOutcome, conclude, console_lines, summary_markdown
 from art2mus.orchestration.parent_run import close_retrain_run, environment, open_retrain_run
@@ -272,12 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run or serve the flow; expected errors end as one line on stderr and exit code 1, not a traceback."""
     options = retrain_arguments(argv, DEFAULT_WAIT_SECONDS)
     setup_flow_logging(options.command == "run" and options.quiet)
-    root = configure_environment(project_root())
-    # A first start migrates Prefect's database; on a busy machine that outlasts Prefect's 20 s default.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    root = configure_environment(project_root())  # with a start-up time for Prefect fit for a busy machine
     command = "retrain" if options.command == "run" else "schedule"
     try:
         if options.command == "run":
+            start_local_prefect_api()
             run_now(root, options.wait)
         else:
             serve_on_schedule(root, options.name, options.cron, options.timezone, options.wait)

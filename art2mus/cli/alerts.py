@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -26,9 +25,7 @@ def fail(command: str, error: Exception) -> None:
 
 def prepared_environment() -> Path:
     """Project defaults (PREFECT_HOME in the project) and a start-up timeout fit for a busy machine."""
-    root = configure_environment(project_root())
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    return root
+    return configure_environment(project_root())
 
 
 @app.command()

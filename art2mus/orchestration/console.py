@@ -36,6 +36,27 @@ def flow_errors() -> tuple[type[Exception], ...]:
     return Art2MusError, MlflowException, TimeoutError
 
 
+def start_local_prefect_api() -> None:
+    """Start Prefect's ephemeral API server now when no PREFECT_API_URL is set (the embedded default), so
+    that one that does not come up is a message naming what to change, not a traceback from the flow call."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return
+    server = SubprocessASGIServer()  # one per process: the flow's client finds it running
+    try:
+        server.start()
+    except RuntimeError as error:  # Prefect's words: timed out, with the server's exit code and output
+        server.stop()
+        detail = str(error).splitlines()[0][:500]
+        raise Art2MusError(
+            f"Prefect's local API server did not start in {settings.server.ephemeral.startup_timeout_seconds} s "
+            f"({detail}); give it longer with PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or point "
+            "PREFECT_API_URL at a running server") from None
+
+
 def report_failure(command: str, error: Exception) -> int:
     """`art2mus: <command>: <error>` on stderr; the exit code of a failed command."""
     print(f"art2mus: {command}: {error}", file=sys.stderr)

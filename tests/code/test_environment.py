@@ -1,4 +1,5 @@
-"""The environment the project's tools run with: Prefect's ephemeral server gets time to start on 2 cores."""
+"""The environment the project's tools run with: Prefect's ephemeral server gets time to start on 2 cores, and
+one that does not start is a message, not a traceback."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from art2mus.env import configure_environment, project_environment
 
+ROOT = Path(__file__).resolve().parents[2]
 STARTUP = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 READ_BY_PREFECT = ("from prefect.settings import get_current_settings; "
                    "print(get_current_settings().server.ephemeral.startup_timeout_seconds)")
@@ -31,3 +33,16 @@ def test_a_users_own_startup_timeout_wins(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(os, "environ", {**os.environ, STARTUP: "45"})
     configure_environment(tmp_path)
     assert os.environ[STARTUP] == "45"
+
+
+def test_a_prefect_server_that_does_not_start_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    env = {**project_environment(tmp_path), STARTUP: "0", "PYTHONPATH": str(ROOT)}  # no time at all
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run([sys.executable, "-m", "flows.retrain", "run"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("art2mus: retrain: Prefect's local API server did not start in 0 s"), done.stderr
+    assert STARTUP in message and "PREFECT_API_URL" in message
