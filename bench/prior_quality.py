@@ -10,7 +10,7 @@ references, beside the floor (the references themselves through codec and vocode
 The embedded sample at its default size (384 artworks), split 80/20 by track with a fixed seed;
 the evaluation's sampler (DPM-Solver++, 25 steps, guidance 3.5). Each variant's training seconds
 are measured in the same run on this machine, with 2 torch threads (quick: the caller's).
-`python -m bench prior_quality` runs every variant in VARIANTS (about 40 minutes on 2 cores).
+`python -m bench prior_quality` runs every variant in VARIANTS (about an hour on 2 cores).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "steps_800": ({"steps": 800}, {}),
     "steps_800_batch_32": ({"steps": 800, "batch_size": 32}, {}),  # default's samples, twice its updates
     "ema_0.99": ({"ema_decay": 0.99}, {}),  # the weights' moving average (about the last 100 steps)
+    "lr_0.006": ({"lr": 0.006}, {}),  # the default's samples and updates, twice the step size
 }
 GUIDANCE = (3.5, 1.5, 6.0)  # the evaluation's first; the oracle clips at each
 TARGET_ORACLE_VS_REFERENCE = 0.8  # issue 14: the oracle row reads each factor at >= 0.8 of the references

@@ -166,6 +166,15 @@ def summarise_pooled(error_matrices: list[np.ndarray], seed: int = 0) -> Corresp
     )
 
 
+def loa_of_distinct(backbone: Backbone, tokens: torch.Tensor) -> torch.Tensor:
+    """The LOA of each row of tokens, computed once per distinct row: a batched GPT-2 can give equal rows
+    different last bits, and error_matrix passes a conditioning through the UNet once only if it is equal."""
+    distinct, inverse = torch.unique(tokens.reshape(len(tokens), -1), dim=0, return_inverse=True)
+    if len(distinct) == len(tokens):
+        return backbone.language_of_audio(tokens)  # as decision_scores computes it: the same bits
+    return backbone.language_of_audio(distinct.view(-1, *tokens.shape[1:]))[inverse.to(tokens.device)]
+
+
 @torch.no_grad()
 def compare_conditioning(
     backbone: Backbone, aligner: torch.nn.Module, image_embeds: torch.Tensor, latents: torch.Tensor,
@@ -182,8 +191,7 @@ def compare_conditioning(
     candidates = candidate_sets(len(latents), k, seed)
 
     def errors_for(tokens: torch.Tensor) -> np.ndarray:
-        loa = backbone.language_of_audio(tokens)
-        return error_matrix(backbone, latents, loa, candidates, draws, t_range, seed)
+        return error_matrix(backbone, latents, loa_of_distinct(backbone, tokens), candidates, draws, t_range, seed)
 
     tokens = aligner(image_embeds.to(backbone.device))
     results = {
