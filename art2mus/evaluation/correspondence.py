@@ -101,7 +101,7 @@ def error_matrix(
     """[N, K]: track i's mean error (over fixed draws) under candidate artwork candidates[i, k]'s LOA.
 
     Draws come from a seeded CPU generator and move to the backbone's device batch by batch, so a seed
-    gives the same errors on CPU and GPU.
+    gives the same errors on CPU and GPU. Candidates of a track with equal LOA share one UNet pass per draw.
     """
     noise, timesteps = fixed_draws(latents.cpu(), draws, t_range, seed)
     device = backbone.device
