@@ -58,7 +58,7 @@ class PriorParams(Section):
     """Training the tiny prior on the train split's music (skipped with the real backbone)."""
 
     out_dir: str = "models/prior"
-    steps: int = Field(400, ge=1)
+    steps: int = Field(800, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
@@ -83,7 +83,7 @@ class TrainParams(Section):
     tokens: int = Field(4, ge=1)  # K tokens into GPT-2
     hidden_dim: int = Field(256, ge=1)
     depth: int = Field(2, ge=1)
-    steps: int = Field(300, ge=1)
+    steps: int = Field(600, ge=1)
     batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -131,9 +131,9 @@ class EvaluateParams(Section):
     split: Literal["train", "val", "test"] = "test"
     seed: int = 0  # candidates, noise and timestep draws, generation: the same for every model
     k: int = Field(8, ge=2)  # retrieval among k candidate artworks
-    draws: int = Field(16, ge=1)  # noise/timestep draws per (track, candidate)
+    draws: int = Field(8, ge=1)  # noise/timestep draws per (track, candidate)
     t_range: tuple[int, int] = (300, 900)
-    untrained_seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1)
+    untrained_seeds: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
     scheduler: Literal["dpmsolver++", "ddim"] = "dpmsolver++"
     steps: int = Field(25, ge=1)
     guidance_scale: float = Field(3.5, ge=0)

@@ -96,7 +96,7 @@ def test_a_report_against_the_champion_has_params_data_and_paired_metrics() -> N
                                 "decision.retrieval_top1.min_improvement": "0", "decision.gap.improvement": "-0.01"})
     report = compare_versions("2", candidate, "1", champion, ["retrieval_top1", "gap"],
                               lambda path, md5: tables.get(md5), kinds, evaluation(0.2, 32), evaluation(0.6, 64))
-    assert [(c.key, c.old, c.new) for c in report.params] == [("train.steps", 300, 10)]
+    assert [(c.key, c.old, c.new) for c in report.params] == [("train.steps", 600, 10)]
     assert [(c.path, c.old, c.new) for c in report.data] == [("data/interim/tracks.parquet", "t-old", "t-new"),
                                                              ("data/processed/splits.parquet", "s-old", "s-new")]
     # (the evaluation's outputs are results, not data: they are in the metrics section)
@@ -105,7 +105,7 @@ def test_a_report_against_the_champion_has_params_data_and_paired_metrics() -> N
     assert "s-new is not in the DVC cache" in split_changes.unknown
     assert report.paired["retrieval_top1"]["lower_bound"] == -0.5 and report.paired["gap"] == {"improvement": -0.01}
     markdown = report_markdown(report)
-    assert "- `train.steps`: `300` -> `10`" in markdown
+    assert "- `train.steps`: `600` -> `10`" in markdown
     assert "### tracks (data/interim/tracks.parquet)" in markdown and "- added: 1: `3`" in markdown
     assert "- not compared: data/processed/splits.parquet at md5 s-new is not in the DVC cache" in markdown
     assert "| retrieval_top1 | 0.6 | 0.2 | -0.4 | -0.5 | +0 |" in markdown

@@ -44,8 +44,8 @@ def test_the_oracle_shows_the_prior_listens(metrics: dict) -> None:
 def test_the_trained_aligner_retrieves_its_artwork(metrics: dict) -> None:
     trained, oracle = metrics["correspondence"]["trained"], metrics["correspondence"]["oracle"]
     top1 = trained["retrieval_top1"]
-    assert top1["value"] >= 0.25 and top1["low"] > CHANCE
-    assert top1["value"] >= 0.5 * oracle["retrieval_top1"]["value"]
+    assert top1["value"] >= 0.5 and top1["low"] > CHANCE
+    assert top1["value"] >= 0.7 * oracle["retrieval_top1"]["value"]  # 0.79-0.81 over three seeds (README)
     assert trained["gap"]["low"] > 0  # matched-vs-mismatched gap, 95 % CI above zero
 
 
@@ -58,8 +58,9 @@ def test_the_baselines_stay_at_chance(metrics: dict) -> None:
 def test_generated_music_carries_the_planted_factors(metrics: dict) -> None:
     """An estimator fitted on real tracks (not on the model) reads the artwork's levels from the music."""
     trained = metrics["generation"]["trained"]["planted"]
-    above = [factor for factor, score in trained.items() if score["accuracy"]["low"] > score["chance"]]
-    assert above, trained
+    assert set(trained) == {"register", "notes_per_second", "timbre"}
+    for factor, score in trained.items():  # every factor audible: its 95 % CI above chance
+        assert score["accuracy"]["low"] > score["chance"], (factor, trained)
     for score in trained.values():
         assert score["reference_accuracy"] >= 0.8  # the estimator itself reads real music reliably
     # One conditioning for every image: the music cannot follow the artwork.
@@ -75,9 +76,12 @@ def test_the_oracle_and_the_floor_bound_what_the_model_can_score(metrics: dict) 
     floor, oracle, trained = generation["references_vocoded"], generation["oracle"], generation["trained"]
     for factor, score in floor["planted"].items():
         assert score["accuracy"]["value"] >= 0.8, factor  # the vocoded references carry every factor
-    assert oracle["planted"]["register"]["accuracy"]["low"] > oracle["planted"]["register"]["chance"]
+    for factor, score in oracle["planted"].items():  # the prior renders every factor
+        assert score["accuracy"]["low"] > score["chance"], (factor, oracle["planted"])
     assert floor["fad_spectral"]["high"] < oracle["fad_spectral"]["low"]
     assert floor["fad_spectral"]["high"] < trained["fad_spectral"]["low"]
+    mean = generation["mean"]["fad_spectral"]
+    assert trained["fad_spectral"]["high"] < mean["low"]  # the model's music is nearer the references than one mean
 
 
 def spectral_flatness(wave: np.ndarray) -> float:

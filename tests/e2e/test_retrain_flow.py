@@ -325,11 +325,11 @@ def test_the_change_report_says_what_changed_since_the_champion(first_runs: Firs
     first, _, weak = retrain_runs(client)[:3]
     assert "no champion" in artifact_text(client, first.info.run_id, "change_report.md", tmp_path / "first")
     report = artifact_text(client, weak.info.run_id, "change_report.md", tmp_path / "weak")
-    assert "version 2 against champion 1" in report and "- `train.steps`: `300` -> `10`" in report
+    assert "version 2 against champion 1" in report and "- `train.steps`: `600` -> `10`" in report
     assert "| retrieval_top1 |" in report and "lower bound" in report and "- status: failed" in report
     published = prefect_post(prefect_api, "artifacts/filter", {"artifacts": {"key": {"any_": ["change-report"]}}})
     assert any(artifact["type"] == "markdown" and "# Change report: version 2" in artifact["data"]
-               and "- `train.steps`: `300` -> `10`" in artifact["data"] for artifact in published)
+               and "- `train.steps`: `600` -> `10`" in artifact["data"] for artifact in published)
 
 
 @slow
