@@ -22,6 +22,13 @@ class AudioParams(Section):
     def crop_samples(self) -> int:
         return round(self.crop_seconds * self.sample_rate)
 
+    @model_validator(mode="after")
+    def _crop_holds_a_window(self) -> AudioParams:
+        if self.crop_samples < self.n_fft:
+            raise ValueError(f"crop_seconds {self.crop_seconds} is {self.crop_samples} samples, shorter than one STFT "
+                             f"window (n_fft {self.n_fft}); give at least {self.n_fft / self.sample_rate:g} s")
+        return self
+
 
 class TrackingParams(Section):
     experiment: str = Field("art2mus", min_length=1)

@@ -94,8 +94,10 @@ class TrackMels:
             window = slice(start, start + frames)
             dc = (self.dc[index][window] - mean * self.window_dft).abs() @ self.dc_fb
             inner.append((self.rest[index][window] + dc) * scale)
-        mels = torch.log(torch.clamp(torch.stack(inner), min=LOG_FLOOR))
         clip = torch.from_numpy(np.stack(clips))
+        if frames <= 2 * edge:  # every frame's window reaches past the crop: nothing to slice
+            return log_mel(clip, audio, self.transform)
+        mels = torch.log(torch.clamp(torch.stack(inner), min=LOG_FLOOR))
         mels[:, :edge] = log_mel(clip[:, : 2 * edge * hop], audio, self.transform)[:, :edge]
         mels[:, frames - edge:] = log_mel(clip[:, (frames - 2 * edge) * hop:], audio, self.transform)[:, -edge:]
         return mels

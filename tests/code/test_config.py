@@ -30,6 +30,8 @@ def test_the_project_params_file_is_valid_and_complete() -> None:
          "validate_raw.track_seconds: Value error, min (5.0) is greater than max"),
         ({"sample": {"n_artworks": "many"}}, "sample.n_artworks: Input should be a valid integer"),
         ({"nonsense": {}}, "nonsense: unknown key"),
+        ({"audio": {"crop_seconds": 0.03}}, "audio: Value error, crop_seconds 0.03 is 480 samples, shorter than one "
+         "STFT window (n_fft 1024); give at least 0.064 s"),
     ],
 )
 def test_bad_settings_fail_with_the_dotted_key(raw: dict, message: str) -> None:

@@ -14,9 +14,9 @@ from tests.tiny_model import note_track
 AUDIO = AudioParams()  # 16 kHz, hop 160, the tiny profile's 2.56 s crop
 
 
-def model_log_mel(wave: np.ndarray, start: int, transform: torch.nn.Module) -> torch.Tensor:
-    offset = start * AUDIO.hop_length / AUDIO.sample_rate
-    return log_mel(torch.from_numpy(model_crop(wave, AUDIO, offset))[None], AUDIO, transform)[0]
+def model_log_mel(wave: np.ndarray, start: int, transform: torch.nn.Module, audio: AudioParams = AUDIO) -> torch.Tensor:
+    offset = start * audio.hop_length / audio.sample_rate
+    return log_mel(torch.from_numpy(model_crop(wave, audio, offset))[None], audio, transform)[0]
 
 
 def assert_same_log_mel(crop: torch.Tensor, exact: torch.Tensor) -> None:
@@ -44,6 +44,18 @@ def test_a_track_shorter_than_the_crop_is_padded_like_model_crop() -> None:
     tracks = TrackMels([wave], AUDIO, transform)
     assert tracks.offsets(0) == 1
     assert_same_log_mel(tracks.crops([(0, 0)])[0], model_log_mel(wave, 0, transform))
+
+
+@pytest.mark.parametrize("crop_seconds", [0.064, 0.08, 0.12])  # 6, 8 and 12 frames: 4 at each end reach past it
+def test_a_crop_of_few_frames_is_model_crops_log_mel_too(crop_seconds: float) -> None:
+    audio = AudioParams(crop_seconds=crop_seconds)
+    transform = mel_transform(audio)
+    wave = note_track(1.0, seed=2, offset=0.05)
+    tracks = TrackMels([wave], audio, transform)
+    for start in (0, 11, tracks.offsets(0) - 1):
+        crop = tracks.crops([(0, start)])[0]
+        assert crop.shape == (round(crop_seconds * audio.sample_rate) // audio.hop_length, audio.n_mels)
+        assert_same_log_mel(crop, model_log_mel(wave, start, transform, audio))
 
 
 def test_random_crops_are_seeded_and_the_fixed_crop_is_the_models() -> None:
