@@ -19,8 +19,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements.txt
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[imagebind,vggish]'
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e '.[imagebind,vggish]'
 	touch $(STAMP)
 
 # The report's browser test (tests/e2e/test_report_browser.py) needs headless Chromium: Debian's
