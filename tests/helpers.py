@@ -46,14 +46,26 @@ def merge(base: dict, override: dict) -> dict:
     return merged
 
 
+# An evaluation that keeps how the promotion decision's per-item correspondence scores are drawn (k, draws,
+# t_range, seed, split) on the first 32 test items, and skimps on what the decision does not read (generation
+# steps, baselines, FAD resamples, the planted-factor estimator): for tests that re-run `evaluate`.
+QUICK_EVALUATE = {"max_items": 32, "steps": 2, "untrained_seeds": [1], "fad_resamples": 20, "planted_tracks": 32,
+                  "report_items": 2}
+
+
+def set_params(root: Path, override: dict) -> None:
+    """Merge `override` into the project's params.yaml."""
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), override), sort_keys=False))
+
+
 def copy_project(destination: Path, params_override: dict) -> Path:
     """Copy the project into `destination` as a fresh git repo with its own author identity."""
     for name in project_files():
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, target)
-    params = yaml.safe_load((destination / "params.yaml").read_text())
-    (destination / "params.yaml").write_text(yaml.safe_dump(merge(params, params_override), sort_keys=False))
+    set_params(destination, params_override)
     git = ["git", "-c", f"user.name={AUTHOR['GIT_AUTHOR_NAME']}", "-c", f"user.email={AUTHOR['GIT_AUTHOR_EMAIL']}"]
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=destination, check=True)
     subprocess.run([*git, "add", "-A"], cwd=destination, check=True)

@@ -30,7 +30,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
@@ -45,16 +44,12 @@ from art2mus.quality import GateFailed, GateReport
 from art2mus.tracking.registry import MODEL_NAME
 from art2mus.tracking.verdict import decision_key, previous_verdict
 from flows.retrain import enforce_gates, sync_data
-from tests.helpers import BIN, SERVER_TIMEOUT, free_port, merge, project_env
+from tests.helpers import BIN, QUICK_EVALUATE, SERVER_TIMEOUT, free_port, project_env, set_params
 
 slow = pytest.mark.slow
-# An aligner that barely trained. Its evaluation keeps how the decision's per-item correspondence scores are
-# drawn (k, draws, t_range, seed, split) on the first 32 test items (the champion is scored on the same ones),
-# and skimps on what the decision does not read (generation steps, baselines, FAD resamples, the planted-factor
-# estimator), so the one re-run of `evaluate` stays short.
-WEAK = {"train": {"steps": 10, "warmup_steps": 2, "checkpoint_every": 10},
-        "evaluate": {"max_items": 32, "steps": 2, "untrained_seeds": [1], "fad_resamples": 20, "planted_tracks": 32,
-                     "report_items": 2}}
+# An aligner that barely trained, evaluated on the first 32 test items (the champion is scored on the same
+# ones), so the one re-run of `evaluate` stays short.
+WEAK = {"train": {"steps": 10, "warmup_steps": 2, "checkpoint_every": 10}, "evaluate": QUICK_EVALUATE}
 LOWERED_FLOORS = {"promotion": {"floors": {"retrieval_top1": 0.0}}}
 RETRAIN_TIMEOUT = 1200  # seconds: the weak variation re-runs train and evaluate
 
@@ -146,11 +141,6 @@ def copy_repo(source: Path, destination: Path) -> Path:
     """A copy of a pipeline project on which DVC finds everything done."""
     shutil.copytree(source, destination, symlinks=True)
     return destination
-
-
-def set_params(root: Path, override: dict) -> None:
-    path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), override), sort_keys=False))
 
 
 def environment(root: Path, api: str, registry: Path | None) -> dict[str, str]:
