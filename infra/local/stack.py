@@ -52,6 +52,7 @@ STOP_SECONDS = 15.0  # then SIGKILL: the data of a throwaway stack may lose its 
 SEAWEED_ADMIN_GRPC_OFFSET = 10000  # weed mini's admin worker dials admin.port + 10000 whatever is set
 BIN = Path(sys.executable).parent
 UNIX_SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
+WRITE_PROBE_PREFIX = ".art2mus-write-probe-"  # at the bucket root: no folder left behind
 ORDER = ("s3", "postgres", "mlflow", "prefect", "worker")  # start order; stopped in reverse
 
 
@@ -300,6 +301,29 @@ def s3_answers(endpoint: str, access: str, secret: str) -> bool:
         return False
 
 
+def s3_takes_writes(endpoint: str, access: str, secret: str, bucket: str) -> bool:
+    """True when a small object can be written to `bucket` and deleted again: answering requests is not yet
+    taking writes (after a restart SeaweedFS answers before its volumes are writable again)."""
+    from art2mus.storage.s3 import storage_failures
+
+    key = f"{WRITE_PROBE_PREFIX}{secrets.token_hex(8)}"
+    try:
+        client = s3_store_for(endpoint, access, secret).client
+        client.put_object(Bucket=bucket, Key=key, Body=b"probe")
+        client.delete_object(Bucket=bucket, Key=key)
+        return True
+    except storage_failures():
+        return False
+
+
+def wait_for_writes(service: Service, state_dir: Path, bucket: str, seconds: float = STARTUP_SECONDS) -> float:
+    """Wait until the S3 service takes writes into `bucket`; fail naming its log when it does not."""
+    endpoint = f"http://{HOST}:{service.ports['s3']}"
+    access, secret = s3_credentials(state_dir)
+    return wait_until(service, lambda: s3_takes_writes(endpoint, access, secret, bucket),
+                      f"take writes into bucket {bucket!r} at {endpoint}", seconds)
+
+
 def local_sockets(state_dir: Path) -> list[str]:
     """Keep SeaweedFS's Unix sockets in the state dir (default: /tmp/seaweedfs-*-<port>.sock, left behind
     on a kill) when the path fits a socket address."""
@@ -318,7 +342,10 @@ def start_s3(state_dir: Path, env: dict[str, str], ports: dict[str, int] | None 
         raise StackError(f"S3 (SeaweedFS) ports already in use: {', '.join(taken)}")
     data = state_dir / "s3" / "data"
     data.mkdir(parents=True, exist_ok=True)
-    command = [weed_binary(), "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
+    logs = state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    # -logdir: glog's own files beside s3.log, not in /tmp.
+    command = [weed_binary(), f"-logdir={logs}", "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
                f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
                f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
                f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
@@ -327,7 +354,7 @@ def start_s3(state_dir: Path, env: dict[str, str], ports: dict[str, int] | None 
                "-admin.ui=false", "-webdav=false", "-master.telemetry=false",
                f"-s3.config={s3_identities(state_dir, access, secret)}", *local_sockets(state_dir)]
     started = time.monotonic()
-    service = spawn("s3", command, state_dir / "logs" / "s3.log", env, state_dir, ports)
+    service = spawn("s3", command, logs / "s3.log", env, state_dir, ports)
     endpoint = f"http://{HOST}:{ports['s3']}"
     wait_until(service, lambda: s3_answers(endpoint, access, secret), f"answer S3 requests at {endpoint}")
     expected = set(ports.values())
@@ -513,6 +540,7 @@ def up(state_dir: Path, bucket: str = DEFAULT_BUCKET, backend: str = "postgres")
         stack.endpoints["s3"] = f"http://{HOST}:{stack.services['s3'].ports['s3']}"
         save_state(stack)
         ensure_bucket(s3_store_for(stack.endpoints["s3"], *s3_credentials(state_dir), attempts=3), bucket)
+        wait_for_writes(stack.services["s3"], state_dir, bucket)
         if backend == "postgres":
             stack.services["postgres"] = start_postgres(state_dir, env)
             backend_uri = postgres_uri(stack.services["postgres"].ports["postgres"])

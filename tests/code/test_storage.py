@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from art2mus import storage
-from infra.local.stack import Service, free_ports, s3_credentials, start_s3, stop_service
+from infra.local.stack import (
+    WRITE_PROBE_PREFIX,
+    Service,
+    StackError,
+    free_ports,
+    s3_credentials,
+    start_s3,
+    stop_service,
+    wait_for_writes,
+)
 
 BUCKET = "storage-tests"
 QUICK = storage.Transfer(max_attempts=2, connect_timeout=2, read_timeout=20, multipart_threshold=5 << 20,
@@ -84,6 +93,17 @@ def test_a_missing_bucket_is_named(store: storage.S3Store, tmp_path: Path) -> No
     with pytest.raises(storage.StorageError, match=r"s3://storage-tests/missing.bin does not exist"):
         storage.download_file(store, BUCKET, "missing.bin", tmp_path / "missing.bin")
     assert not (tmp_path / "missing.bin").exists()
+
+
+def test_the_store_is_ready_once_it_takes_a_write_and_the_probe_leaves_nothing(
+        seaweed: tuple[Service, storage.S3Settings], store: storage.S3Store) -> None:
+    service, _ = seaweed
+    state_dir = Path(service.log).parent.parent
+    wait_for_writes(service, state_dir, BUCKET, seconds=30)
+    assert not [key for key in storage.list_keys(store, BUCKET) if key.startswith(WRITE_PROBE_PREFIX)]
+    # A bucket no write can go to: the wait ends naming the bucket and the service's log.
+    with pytest.raises(StackError, match=r"did not take writes into bucket 'No_Such!Bucket' .* its log .*s3\.log"):
+        wait_for_writes(service, state_dir, "No_Such!Bucket", seconds=1)
 
 
 def test_bad_credentials_are_refused_without_showing_the_secret(seaweed: tuple[Service, storage.S3Settings],
