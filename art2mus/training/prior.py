@@ -85,17 +85,20 @@ class TrackMels:
     def crops(self, picks: list[tuple[int, int]]) -> torch.Tensor:
         """[len(picks), frames, n_mels]: `log_mel(model_crop(...))` of each (track, hop offset)."""
         audio, hop, edge, frames = self.audio, self.audio.hop_length, self.edge, self.frames
+        whole = frames <= 2 * edge  # every frame's window reaches past the crop: nothing to slice
         inner, clips = [], []
         for index, start in picks:
             raw = crop_waveform(self.waves[index], audio, start * hop / audio.sample_rate)
+            clips.append(normalize_wav(raw))
+            if whole:
+                continue
             mean = float(raw.mean())
             scale = NORMALIZED_PEAK / (float(np.abs(raw - mean).max()) + 1e-8)
-            clips.append(normalize_wav(raw))
             window = slice(start, start + frames)
             dc = (self.dc[index][window] - mean * self.window_dft).abs() @ self.dc_fb
             inner.append((self.rest[index][window] + dc) * scale)
         clip = torch.from_numpy(np.stack(clips))
-        if frames <= 2 * edge:  # every frame's window reaches past the crop: nothing to slice
+        if whole:
             return log_mel(clip, audio, self.transform)
         mels = torch.log(torch.clamp(torch.stack(inner), min=LOG_FLOOR))
         mels[:, :edge] = log_mel(clip[:, : 2 * edge * hop], audio, self.transform)[:, :edge]
