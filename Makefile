@@ -16,11 +16,13 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 
 setup: $(STAMP)
 
+# pip byte-compiles what it installs: where PYTHONDONTWRITEBYTECODE is set (CI's image sets it) nothing compiled
+# at import is kept, and every stage, flow and test process would compile its ~2,700 modules again.
 $(STAMP): pyproject.toml constraints.txt requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e '.[imagebind,vggish]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[imagebind,vggish]'
 	touch $(STAMP)
 
 # The report's browser test (tests/e2e/test_report_browser.py) needs headless Chromium: Debian's

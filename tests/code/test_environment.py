@@ -46,3 +46,21 @@ def test_a_prefect_server_that_does_not_start_is_one_line_naming_the_setting(tmp
     message = done.stderr.strip().splitlines()[-1]
     assert message.startswith("art2mus: retrain: Prefect's local API server did not start in 0 s"), done.stderr
     assert STARTUP in message and "PREFECT_API_URL" in message
+
+
+# Run in a fresh process: the modules a training stage imports (torch, diffusers, transformers, MLflow, GX, ...).
+IMPORTED_BY_A_STAGE = ("import importlib.util, sys, stages.train, stages.evaluate\n"
+                       "for module in list(sys.modules.values()):\n"
+                       "    origin = getattr(getattr(module, '__spec__', None), 'origin', None) or ''\n"
+                       "    if origin.endswith('.py') and sys.prefix in origin:\n"
+                       "        print(origin, importlib.util.cache_from_source(origin))\n")
+
+
+def test_every_dependency_a_stage_imports_is_already_byte_compiled() -> None:
+    # Under PYTHONDONTWRITEBYTECODE=1 (CI's image sets it) nothing compiled at import is kept: with
+    # `pip install --no-compile`, every stage process compiled torch, MLflow and the rest again (~10 s each).
+    imported = subprocess.run([sys.executable, "-c", IMPORTED_BY_A_STAGE], cwd=ROOT, capture_output=True, text=True,
+                              check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    modules = [line.split(" ") for line in imported.stdout.splitlines()]
+    uncompiled = [source for source, cached in modules if not Path(cached).is_file()]
+    assert len(modules) > 500 and uncompiled == [], f"{len(uncompiled)} of {len(modules)}, e.g. {uncompiled[:5]}"
