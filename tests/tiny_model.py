@@ -15,6 +15,9 @@ from art2mus.models.encoders import ClapAudioEmbedder, build_tiny_image_encoder,
 from art2mus.models.pipeline import save_model
 from art2mus.models.tiny import build_tiny_backbone, save_tiny_backbone
 
+# The modules whose tests copy `tiny_upstream` (tests/model/conftest.py) share this xdist group: one worker builds it, once.
+TINY_UPSTREAM_GROUP = "tiny_upstream"
+
 # The train stage's upstream on a tiny project, then a few tiny training steps (threads=1: test workers share
 # the machine's cores). Tests set `train.processes`.
 TINY_PROJECT: dict[str, dict[str, Any]] = {

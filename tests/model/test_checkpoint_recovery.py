@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from art2mus.config import AudioParams, BackboneParams, TrainParams
 from art2mus.models.aligner import state_dict_sha256
 from art2mus.models.tiny import build_tiny_backbone
 from art2mus.training.aligner import CHECKPOINTS_DIR, STATE_FILE, AlignerData, train_aligner
-from tests.helpers import BIN, copy_project, project_env
-from tests.tiny_model import TINY_PROJECT
+from tests.helpers import BIN, project_env
+from tests.tiny_model import TINY_UPSTREAM_GROUP
+
+pytestmark = pytest.mark.xdist_group(TINY_UPSTREAM_GROUP)
 
 WEIGHTS_FILE = Path("aligner/diffusion_pytorch_model.safetensors")
 # A checkpoint after every step, the last two kept: step-0000005 and step-0000006 at the end.
@@ -110,8 +113,11 @@ def repro(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_dvc_repro_train_recovers_from_a_truncated_latest_checkpoint_without_a_traceback(tmp_path: Path) -> None:
-    root = copy_project(tmp_path / "project", TINY_PROJECT)
+def test_dvc_repro_train_recovers_from_a_truncated_latest_checkpoint_without_a_traceback(
+    tiny_upstream: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(tiny_upstream, root, symlinks=True)
     first = repro(root, "train")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     record = root / "models/train_record.json"

@@ -17,11 +17,10 @@ import pytest
 
 from art2mus.config import TrainParams
 from art2mus.training import launch
-from tests.helpers import BIN, copy_project, project_env
-from tests.tiny_model import TINY_PROJECT as TINY
+from tests.helpers import BIN, project_env, set_params
+from tests.tiny_model import TINY_PROJECT, TINY_UPSTREAM_GROUP
 
-# The tiny project with a 2-process training run.
-TINY_PROJECT = {**TINY, "train": {**TINY["train"], "processes": 2}}
+pytestmark = pytest.mark.xdist_group(TINY_UPSTREAM_GROUP)
 CHECKPOINTS = Path("models/aligner/checkpoints")
 RECORD = Path("models/train_record.json")
 TIMEOUT = 600
@@ -69,16 +68,6 @@ def test_a_worker_knows_it_was_launched(monkeypatch: pytest.MonkeyPatch) -> None
     assert launch.launched_child()
 
 
-@pytest.fixture(scope="module")
-def upstream_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny project copy on which every stage `train` depends on has run (`dvc repro latents`)."""
-    root = copy_project(tmp_path_factory.mktemp("ddp") / "project", TINY_PROJECT)
-    result = subprocess.run([str(BIN / "dvc"), "repro", "latents"], cwd=root, env=project_env(root),
-                            capture_output=True, text=True, timeout=TIMEOUT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root
-
-
 def kill_group(process: subprocess.Popen) -> None:
     """SIGKILL a process started with start_new_session=True and its group (dvc, the stage, its launcher)."""
     try:
@@ -88,7 +77,9 @@ def kill_group(process: subprocess.Popen) -> None:
 
 
 def project_copy(upstream: Path, destination: Path) -> Path:
+    """A copy of the tiny upstream whose `train` runs in 2 processes."""
     shutil.copytree(upstream, destination, symlinks=True)
+    set_params(destination, {"train": {"processes": 2}})
     return destination
 
 
@@ -123,10 +114,10 @@ def record(root: Path) -> dict:
 
 @pytest.mark.slow
 def test_train_processes_2_launches_two_workers_from_params_and_a_sigkilled_run_resumes_exactly(
-    upstream_project: Path, tmp_path: Path
+    tiny_upstream: Path, tmp_path: Path
 ) -> None:
-    whole = project_copy(upstream_project, tmp_path / "whole")
-    killed = project_copy(upstream_project, tmp_path / "killed")
+    whole = project_copy(tiny_upstream, tmp_path / "whole")
+    killed = project_copy(tiny_upstream, tmp_path / "killed")
     started = time.monotonic()
     uninterrupted = start_repro(whole)
     victim = start_repro(killed)
@@ -161,8 +152,8 @@ def test_train_processes_2_launches_two_workers_from_params_and_a_sigkilled_run_
 
 
 @pytest.mark.slow
-def test_an_error_in_a_worker_ends_as_its_message_and_code(upstream_project: Path, tmp_path: Path) -> None:
-    root = project_copy(upstream_project, tmp_path / "broken")
+def test_an_error_in_a_worker_ends_as_its_message_and_code(tiny_upstream: Path, tmp_path: Path) -> None:
+    root = project_copy(tiny_upstream, tmp_path / "broken")
     index = root / "data/latents/latents_index.parquet"
     pd.read_parquet(index).iloc[:1].to_parquet(index)  # train pairs without their latents
     result = subprocess.run([sys.executable, "-m", "stages.train"], cwd=root, env=project_env(root),
