@@ -53,7 +53,7 @@ IMPORTED_BY_A_STAGE = ("import importlib.util, sys, stages.train, stages.evaluat
                        "for module in list(sys.modules.values()):\n"
                        "    origin = getattr(getattr(module, '__spec__', None), 'origin', None) or ''\n"
                        "    if origin.endswith('.py') and sys.prefix in origin:\n"
-                       "        print(origin, importlib.util.cache_from_source(origin))\n")
+                       "        print(origin, importlib.util.cache_from_source(origin), sep='\\t')\n")
 
 
 def test_every_dependency_a_stage_imports_is_already_byte_compiled() -> None:
@@ -61,6 +61,6 @@ def test_every_dependency_a_stage_imports_is_already_byte_compiled() -> None:
     # `pip install --no-compile`, every stage process compiled torch, MLflow and the rest again (~10 s each).
     imported = subprocess.run([sys.executable, "-c", IMPORTED_BY_A_STAGE], cwd=ROOT, capture_output=True, text=True,
                               check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-    modules = [line.split(" ") for line in imported.stdout.splitlines()]
+    modules = [line.split("\t") for line in imported.stdout.splitlines()]
     uncompiled = [source for source, cached in modules if not Path(cached).is_file()]
     assert len(modules) > 500 and uncompiled == [], f"{len(uncompiled)} of {len(modules)}, e.g. {uncompiled[:5]}"
