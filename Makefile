@@ -17,7 +17,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 setup: $(STAMP)
 
 # pip byte-compiles what it installs: where PYTHONDONTWRITEBYTECODE is set (CI's image sets it) nothing compiled
-# at import is kept, and every stage, flow and test process would compile its ~2,700 modules again.
+# at import is kept, and every stage, flow and test process would compile its ~2,650 modules again.
 $(STAMP): pyproject.toml constraints.txt requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
