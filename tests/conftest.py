@@ -50,6 +50,11 @@ LONGEST_LATE_GROUPS = ("e2e/test_retrain_flow", "e2e/test_lineage_audit")
 # One thread per worker: two workers share the 2-core CI machine. The stage subprocesses a worker starts
 # inherit OMP_NUM_THREADS=1, which their `threads: auto` params follow.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# The most a worker's temporary folder may hold after a module (MiB): the session fixtures' copies (~0.3 GiB)
+# and nothing else, unless a test failed. The CI machine's disk is shared and has been seen with little free: a
+# suite that kept every project copy and the rehearsal's full-size checkpoints (~11 GiB) filled it.
+DISK_BUDGET_MIB = int(os.environ.get("ART2MUS_TEST_DISK_BUDGET_MIB", "2048"))
+FAILED_MODULES = pytest.StashKey[set[Path]]()
 
 
 def xdist_worker() -> bool:
@@ -162,7 +167,49 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     report = yield
     if call.excinfo is not None and isinstance(call.excinfo.value, SharedFixtureFailed):
         call.excinfo.value.reported(item.nodeid)
+    if report.failed:
+        item.config.stash.setdefault(FAILED_MODULES, set()).add(item.path)
     return report
+
+
+def folder_mib(folder: Path) -> float:
+    """What the files below `folder` take (links not followed)."""
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(parent, name)).st_size
+            except FileNotFoundError:  # removed meanwhile
+                pass
+    return total / 2**20
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder for one module's fixtures (project copies, checkpoints), removed when the module ends unless one
+    of its tests failed; pytest treats each test's `tmp_path` the same way (tmp_path_retention_policy)."""
+    folder = tmp_path_factory.mktemp(request.path.stem)
+    yield folder
+    if request.path not in request.config.stash.get(FAILED_MODULES, set()):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def temporary_space_given_back(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After each module the worker's temporary folder holds at most DISK_BUDGET_MIB (while no test failed:
+    a failed test keeps its folders to be read)."""
+    yield
+    if request.config.stash.get(FAILED_MODULES, set()):
+        return
+    base = tmp_path_factory.getbasetemp()
+    held = folder_mib(base)
+    if held > DISK_BUDGET_MIB:
+        largest = sorted(((folder_mib(item), item.name) for item in base.iterdir()
+                         if item.is_dir() and not item.is_symlink()), reverse=True)
+        listed = ", ".join(f"{name} {mib:,.0f} MiB" for mib, name in largest[:5])
+        pytest.fail(f"after {request.path.name} the tests keep {held:,.0f} MiB in {base}, over the "
+                    f"{DISK_BUDGET_MIB:,} MiB budget (ART2MUS_TEST_DISK_BUDGET_MIB): a module fixture's folder "
+                    f"belongs in `module_tmp`; largest: {listed}", pytrace=False)
 
 
 def repro(root: Path, log: Path, timeout: float) -> None:

@@ -33,8 +33,8 @@ def version_one(root: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def approval_repo(pipeline_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("approval") / "project"
+def approval_repo(pipeline_repo: Path, module_tmp: Path) -> Path:
+    root = module_tmp / "project"
     shutil.copytree(pipeline_repo, root, symlinks=True)
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(merge(yaml.safe_load(params.read_text()),

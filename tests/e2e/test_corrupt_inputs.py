@@ -102,9 +102,9 @@ def truncated_files(root: Path, dep: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(pipeline_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def project(pipeline_repo: Path, module_tmp: Path) -> Path:
     """A copy of the completed pipeline, so the shared fixture is never touched."""
-    root = tmp_path_factory.mktemp("corrupt") / "project"
+    root = module_tmp / "project"
     shutil.copytree(pipeline_repo, root, symlinks=True)
     return root
 

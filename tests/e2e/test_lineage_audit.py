@@ -61,10 +61,10 @@ def retrain_short(root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def lineage_repo(pipeline_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def lineage_repo(pipeline_repo: Path, module_tmp: Path) -> tuple[Path, str]:
     """A copy of the fixture, its aligner retrained short from a clean commit, its data pushed to its local
     remote and its model registered as champion."""
-    root = tmp_path_factory.mktemp("lineage") / "project"
+    root = module_tmp / "project"
     shutil.copytree(pipeline_repo, root, symlinks=True)
     repoint_artifacts(root)
     retrain_short(root)

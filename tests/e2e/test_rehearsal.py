@@ -15,9 +15,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600), pytest.mark.xdist_gro
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def report(tmp_path_factory: pytest.TempPathFactory, module_tmp: Path) -> dict:
     out = tmp_path_factory.mktemp("rehearsal-ci")
-    rehearse("ci", tmp_path_factory.mktemp("work"), out, ROOT)
+    rehearse("ci", module_tmp / "work", out, ROOT)  # the full-size checkpoints (~5 GiB) go with the module
     assert json.loads((out / "rehearsal.json").read_text())["mode"] == "ci"
     assert "| train |" in (out / "rehearsal.md").read_text()
     return json.loads((out / "rehearsal.json").read_text())

@@ -218,9 +218,9 @@ class FirstRuns:
 
 
 @pytest.fixture(scope="module")
-def first_runs(pipeline_repo: Path, prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> FirstRuns:
+def first_runs(pipeline_repo: Path, prefect_api: str, module_tmp: Path) -> FirstRuns:
     """Copy A: the first retrain, a rerun with nothing changed, then the weak variation."""
-    root = copy_repo(pipeline_repo, tmp_path_factory.mktemp("retrain") / "a")
+    root = copy_repo(pipeline_repo, module_tmp / "a")
     first = retrain(root, prefect_api)
     succeeded(first)
     again = retrain(root, prefect_api)
@@ -354,14 +354,14 @@ class TeamRuns:
 
 
 @pytest.fixture(scope="module")
-def team_runs(first_runs: FirstRuns, pipeline_repo: Path, prefect_api: str,
-              tmp_path_factory: pytest.TempPathFactory) -> TeamRuns:
+def team_runs(first_runs: FirstRuns, pipeline_repo: Path, prefect_api: str, module_tmp: Path) -> TeamRuns:
     """Registry B: A's weak model becomes champion first (floors lowered), then copy D's default model."""
-    registry = tmp_path_factory.mktemp("registry_b")
+    registry = module_tmp / "registry_b"
+    registry.mkdir()
     set_params(first_runs.root, LOWERED_FLOORS)
     weak_first = retrain(first_runs.root, prefect_api, registry=registry)
     succeeded(weak_first)
-    copy = copy_repo(pipeline_repo, tmp_path_factory.mktemp("retrain") / "d")
+    copy = copy_repo(pipeline_repo, module_tmp / "d")
     better = retrain(copy, prefect_api, registry=registry)
     return TeamRuns(registry, copy, weak_first, better)
 
@@ -413,8 +413,8 @@ def test_a_failed_gate_fails_the_flow_and_registers_nothing(team_runs: TeamRuns,
 
 
 @pytest.fixture(scope="module")
-def copy_c(pipeline_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_repo(pipeline_repo, tmp_path_factory.mktemp("retrain") / "c")
+def copy_c(pipeline_repo: Path, module_tmp: Path) -> Path:
+    return copy_repo(pipeline_repo, module_tmp / "c")
 
 
 @slow

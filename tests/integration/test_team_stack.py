@@ -192,9 +192,9 @@ class Pushed:
 
 
 @pytest.fixture(scope="module")
-def pushed(team: TeamStack, pipeline_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Pushed:
+def pushed(team: TeamStack, pipeline_repo: Path, module_tmp: Path) -> Pushed:
     """Copy A: the S3 remote configured by `art2mus remote s3`, then `dvc push`."""
-    root = copy_without(pipeline_repo, tmp_path_factory.mktemp("team") / "a", skip_cache=False)
+    root = copy_without(pipeline_repo, module_tmp / "a", skip_cache=False)
     env = env_for(root, team, s3_credentials=True)
     art2mus(root, env, "remote", "s3", BUCKET, "--prefix", "dvc", "--endpoint", team.s3)
     started = time.monotonic()
@@ -231,10 +231,9 @@ class Retrained:
 
 
 @pytest.fixture(scope="module")
-def retrained(team: TeamStack, pushed: Pushed, pipeline_repo: Path,
-              tmp_path_factory: pytest.TempPathFactory) -> Retrained:
+def retrained(team: TeamStack, pushed: Pushed, pipeline_repo: Path, module_tmp: Path) -> Retrained:
     """Copy B: no DVC cache, no cached outputs, no local MLflow store; `art2mus retrain` against the stack."""
-    root = copy_without(pipeline_repo, tmp_path_factory.mktemp("team") / "b", skip_cache=True)
+    root = copy_without(pipeline_repo, module_tmp / "b", skip_cache=True)
     for output in cached_outputs(root):
         target = root / output
         if target.is_dir() and not target.is_symlink():
@@ -415,7 +414,7 @@ def push_within(root: Path, env: dict[str, str], seconds: float) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def crash(team: TeamStack, pushed: Pushed, retrained: Retrained, tmp_path_factory: pytest.TempPathFactory) -> Crash:
+def crash(team: TeamStack, pushed: Pushed, retrained: Retrained, module_tmp: Path) -> Crash:
     """Copy A pushes to a fresh prefix through the proxy; SeaweedFS dies after the first object; restart; re-push."""
     root = pushed.root
     env = env_for(root, team, s3_credentials=True)
@@ -441,7 +440,8 @@ def crash(team: TeamStack, pushed: Pushed, retrained: Retrained, tmp_path_factor
     rerun = push_within(root, env, RERUN_TIMEOUT)
     timed("push re-run", started)
     s3_log = log_tail(restarted, 60)
-    empty_cache = tmp_path_factory.mktemp("empty-cache")
+    empty_cache = module_tmp / "empty-cache"
+    empty_cache.mkdir()
     if rerun.returncode == 0:  # else the tests report the re-run's output and SeaweedFS's log
         dvc(root, env, "cache", "dir", "--local", str(empty_cache))
         started = time.monotonic()

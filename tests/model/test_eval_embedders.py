@@ -145,11 +145,12 @@ def test_unknown_embedders_and_misplaced_options_are_clear_errors(tmp_path: Path
 
 # ---- VGGish: torchvggish's network and front-end, weights from a local state dict ------------------
 @pytest.fixture(scope="module")
-def vggish_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def vggish_dir(module_tmp: Path) -> Path:
     """A seeded, randomly initialised VGGish saved as the release's state dict (and a PCA file beside it)."""
     from torchvggish.torchvggish import _vgg
 
-    folder = tmp_path_factory.mktemp("vggish")
+    folder = module_tmp / "vggish"
+    folder.mkdir()
     torch.manual_seed(0)
     torch.save(_vgg(postprocess=False).state_dict(), folder / VGGISH_WEIGHTS)
     rng = np.random.default_rng(0)
