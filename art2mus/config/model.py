@@ -83,7 +83,7 @@ class TrainParams(Section):
     tokens: int = Field(4, ge=1)  # K tokens into GPT-2
     hidden_dim: int = Field(256, ge=1)
     depth: int = Field(2, ge=1)
-    steps: int = Field(600, ge=1)
+    steps: int = Field(900, ge=1)
     batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(2e-3, gt=0)

@@ -85,7 +85,7 @@ def test_the_card_has_every_section_with_licences_metrics_limitations_and_lineag
     assert "| oracle (the prior's own audio encoder: the ceiling) | 0.875 [0.775, 0.975] | 0.01 [" in card
     assert "n/a (no generation)" in card  # the oracle generates nothing
     assert "| register | 0.700 [0.600, 0.800] | 0.250 |" in card
-    assert "| train.steps | 600 |" in card and "| backbone.profile | \"tiny\" |" in card
+    assert f"| train.steps | {Params().train.steps} |" in card and "| backbone.profile | \"tiny\" |" in card
     assert "below text-conditioned systems" in card and "Griffin-Lim" in card and "not the paper's model" in card
     assert "`c0ffee` (work tree dirty)" in card and "| data/processed/splits.parquet | `5plits` |" in card
     assert "gate validate_raw: passed (51 of 51 expectations)" in card and "gate validate_splits: no report" in card

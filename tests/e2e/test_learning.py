@@ -45,7 +45,7 @@ def test_the_trained_aligner_retrieves_its_artwork(metrics: dict) -> None:
     trained, oracle = metrics["correspondence"]["trained"], metrics["correspondence"]["oracle"]
     top1 = trained["retrieval_top1"]
     assert top1["value"] >= 0.5 and top1["low"] > CHANCE
-    assert top1["value"] >= 0.7 * oracle["retrieval_top1"]["value"]  # 0.79-0.81 over three seeds (README)
+    assert top1["value"] >= 0.75 * oracle["retrieval_top1"]["value"]  # 0.79-0.88 over three seeds (README)
     assert trained["gap"]["low"] > 0  # matched-vs-mismatched gap, 95 % CI above zero
 
 
@@ -59,11 +59,12 @@ def test_generated_music_carries_the_planted_factors(metrics: dict) -> None:
     """An estimator fitted on real tracks (not on the model) reads the artwork's levels from the music."""
     trained = metrics["generation"]["trained"]["planted"]
     assert set(trained) == {"register", "notes_per_second", "timbre"}
-    # Every factor audible. `make run`'s figures (README) have each 95 % CI above chance; the fixture's model
-    # differs with the CPU's kernels (one CI machine read timbre 0.47, CI low 0.36, chance 0.33), so here each
-    # factor's accuracy stands clear of chance by 0.1: a model at chance fails, one CI's low at 0.36 does not.
+    # Every factor audible: each 95 % CI above chance, and each accuracy at least chance + 0.15. Three aligner
+    # seeds of the default (900 steps) read 0.62-0.69 for notes and timbre (CI lows 0.52-0.58, chance ~0.35);
+    # the former 600 steps read timbre 0.47 on one of them (chance + 0.14), which fails here.
     for factor, score in trained.items():
-        assert score["accuracy"]["value"] >= score["chance"] + 0.1, (factor, trained)
+        assert score["accuracy"]["low"] > score["chance"], (factor, trained)
+        assert score["accuracy"]["value"] >= score["chance"] + 0.15, (factor, trained)
     for score in trained.values():
         assert score["reference_accuracy"] >= 0.8  # the estimator itself reads real music reliably
     # One conditioning for every image: the music cannot follow the artwork.

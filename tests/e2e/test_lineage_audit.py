@@ -54,7 +54,7 @@ def repoint_artifacts(root: Path) -> None:
 
 def retrain_short(root: Path) -> None:
     """Commit a short aligner recipe and re-run `train` and `evaluate` (DVC skips the rest): the audit below
-    repeats the same code path from scratch, at 40 steps rather than the default's 600."""
+    repeats the same code path from scratch, at 40 steps rather than the default's hundreds."""
     set_params(root, SHORT_TRAINING)
     run(["git", "commit", "-q", "-m", "a short aligner recipe to audit", "params.yaml"], root)
     run([str(BIN / "dvc"), "repro", "-q"], root, timeout=TRAIN_TIMEOUT)

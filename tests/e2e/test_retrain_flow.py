@@ -49,6 +49,7 @@ from tests.helpers import BIN, QUICK_EVALUATE, SERVER_TIMEOUT, free_port, projec
 slow = pytest.mark.slow
 # An aligner that barely trained, evaluated on the first 32 test items (the champion is scored on the same
 # ones), so the one re-run of `evaluate` stays short.
+DEFAULT_STEPS = Params().train.steps  # the tiny profile's aligner steps, which WEAK changes
 WEAK = {"train": {"steps": 10, "warmup_steps": 2, "checkpoint_every": 10}, "evaluate": QUICK_EVALUATE}
 LOWERED_FLOORS = {"promotion": {"floors": {"retrieval_top1": 0.0}}}
 RETRAIN_TIMEOUT = 1200  # seconds: the weak variation re-runs train and evaluate
@@ -315,11 +316,11 @@ def test_the_change_report_says_what_changed_since_the_champion(first_runs: Firs
     first, _, weak = retrain_runs(client)[:3]
     assert "no champion" in artifact_text(client, first.info.run_id, "change_report.md", tmp_path / "first")
     report = artifact_text(client, weak.info.run_id, "change_report.md", tmp_path / "weak")
-    assert "version 2 against champion 1" in report and "- `train.steps`: `600` -> `10`" in report
+    assert "version 2 against champion 1" in report and f"- `train.steps`: `{DEFAULT_STEPS}` -> `10`" in report
     assert "| retrieval_top1 |" in report and "lower bound" in report and "- status: failed" in report
     published = prefect_post(prefect_api, "artifacts/filter", {"artifacts": {"key": {"any_": ["change-report"]}}})
     assert any(artifact["type"] == "markdown" and "# Change report: version 2" in artifact["data"]
-               and "- `train.steps`: `600` -> `10`" in artifact["data"] for artifact in published)
+               and f"- `train.steps`: `{DEFAULT_STEPS}` -> `10`" in artifact["data"] for artifact in published)
 
 
 @slow
