@@ -47,10 +47,20 @@ def disable_cloud_metadata_lookup() -> None:
         os.environ.setdefault(key, value)
 
 
+def interpreter_first(path: str) -> str:
+    """`path` with this interpreter's scripts folder first: the stages DVC starts (`python -m stages.X`) and
+    the tools they call run from the same environment as the command that started them, activated or not."""
+    bin_dir = str(Path(sys.executable).parent)
+    rest = [entry for entry in path.split(os.pathsep) if entry and entry != bin_dir]
+    return os.pathsep.join([bin_dir, *rest])
+
+
 def configure_environment(root: Path | None = None) -> Path:
-    """Apply the offline defaults and keep Prefect's home inside the project; returns the root."""
+    """Apply the offline defaults, put this interpreter's scripts first on PATH and keep Prefect's home inside
+    the project; returns the root."""
     root = root or project_root()
     os.environ.update(unset_offline_defaults())
+    os.environ["PATH"] = interpreter_first(os.environ.get("PATH", ""))
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(root / ".dvc" / "tmp" / "site_cache"))
     return root
@@ -60,9 +70,8 @@ def project_environment(root: Path) -> dict[str, str]:
     """The environment `make` gives the tools it runs in the project at `root`: this interpreter's scripts
     first on PATH, the offline defaults, tool state inside the project, none of the caller's MLflow,
     Prefect or DVC settings."""
-    bin_dir = Path(sys.executable).parent
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "PREFECT_", "DVC_"))}
-    env.update(OFFLINE_DEFAULTS, PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+    env.update(OFFLINE_DEFAULTS, PATH=interpreter_first(env.get("PATH", "")),
                DVC_SITE_CACHE_DIR=str(root / ".dvc" / "tmp" / "site_cache"), PREFECT_HOME=str(root / ".prefect"))
     return env
 

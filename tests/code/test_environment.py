@@ -64,3 +64,19 @@ def test_every_dependency_a_stage_imports_is_already_byte_compiled() -> None:
     modules = [line.split("\t") for line in imported.stdout.splitlines()]
     uncompiled = [source for source, cached in modules if not Path(cached).is_file()]
     assert len(modules) > 500 and uncompiled == [], f"{len(uncompiled)} of {len(modules)}, e.g. {uncompiled[:5]}"
+
+
+# What a DVC stage does: `python -m stages.X` through a shell, found on PATH.
+STAGE_PYTHON = ("import subprocess; from art2mus.env import configure_environment; configure_environment(); "
+                "print(subprocess.run('python -c \"import sys; print(sys.prefix)\"', shell=True, capture_output=True, "
+                "text=True).stdout.strip())")
+
+
+def test_stages_run_with_the_commands_own_interpreter_when_its_environment_is_not_activated(tmp_path: Path) -> None:
+    # `.venv/bin/art2mus retrain` typed without activating .venv: dvc ran `python -m stages.sample` with the
+    # system's Python, which stopped at `import pandas` (a traceback, not a message).
+    bare = os.pathsep.join(["/usr/local/bin", "/usr/bin", "/bin"])
+    env = {**os.environ, "PATH": bare, "PYTHONPATH": str(ROOT)}
+    shown = subprocess.run([sys.executable, "-c", STAGE_PYTHON], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, check=True)
+    assert shown.stdout.strip() == sys.prefix
