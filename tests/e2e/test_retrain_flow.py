@@ -47,9 +47,9 @@ from flows.retrain import enforce_gates, sync_data
 from tests.helpers import BIN, QUICK_EVALUATE, SERVER_TIMEOUT, free_port, project_env, set_params
 
 slow = pytest.mark.slow
+DEFAULT_STEPS = Params().train.steps  # the tiny profile's aligner steps, which WEAK changes
 # An aligner that barely trained, evaluated on the first 32 test items (the champion is scored on the same
 # ones), so the one re-run of `evaluate` stays short.
-DEFAULT_STEPS = Params().train.steps  # the tiny profile's aligner steps, which WEAK changes
 WEAK = {"train": {"steps": 10, "warmup_steps": 2, "checkpoint_every": 10}, "evaluate": QUICK_EVALUATE}
 LOWERED_FLOORS = {"promotion": {"floors": {"retrieval_top1": 0.0}}}
 RETRAIN_TIMEOUT = 1200  # seconds: the weak variation re-runs train and evaluate
