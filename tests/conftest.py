@@ -30,11 +30,19 @@ from pathlib import Path
 import pytest
 
 from art2mus.processes import stop_process_group
-from tests.helpers import BIN, OUTPUT_TAIL, SERVER_TIMEOUT, TESTS, answers, copy_project, free_port, kill_group, project_env
+from tests.helpers import (
+    BIN,
+    E2E_PARAMS,
+    OUTPUT_TAIL,
+    SERVER_TIMEOUT,
+    TESTS,
+    answers,
+    copy_project,
+    free_port,
+    kill_group,
+    project_env,
+)
 
-# The end-to-end run is the embedded default itself (the learning run the model tests assert on);
-# overrides here would only shrink it.
-E2E_PARAMS: dict = {}
 # Seconds the pipeline fixture's `dvc repro` may run: ~10-12 min alone on a quiet 2-core machine, ~30-35 min
 # beside the other worker's full-size rehearsal (the tiny prior then gets one core); this catches a hang,
 # not that. The variable overrides it (a slower machine).

@@ -58,7 +58,7 @@ class PriorParams(Section):
     """Training the tiny prior on the train split's music (skipped with the real backbone)."""
 
     out_dir: str = "models/prior"
-    steps: int = Field(800, ge=1)
+    steps: int = Field(1200, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
@@ -83,7 +83,7 @@ class TrainParams(Section):
     tokens: int = Field(4, ge=1)  # K tokens into GPT-2
     hidden_dim: int = Field(256, ge=1)
     depth: int = Field(2, ge=1)
-    steps: int = Field(900, ge=1)
+    steps: int = Field(1200, ge=1)
     batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(2e-3, gt=0)

@@ -18,7 +18,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
         "sample.track_seconds": 4.0,
         "backbone.revision": "main", "backbone.null_conditioning": "zeros",
         "latents.batch_size": 32,
-        "train.tokens": 4, "train.hidden_dim": 256, "train.steps": 900, "train.batch_size": 64,
+        "train.tokens": 4, "train.hidden_dim": 256, "train.steps": 1200, "train.batch_size": 64,
         "train.grad_accum": 1, "train.lr": 2e-3, "train.warmup_steps": 15, "train.gradient_checkpointing": False,
         "evaluate.batch_size": 16,
     },

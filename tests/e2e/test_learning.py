@@ -60,8 +60,8 @@ def test_generated_music_carries_the_planted_factors(metrics: dict) -> None:
     trained = metrics["generation"]["trained"]["planted"]
     assert set(trained) == {"register", "notes_per_second", "timbre"}
     # Every factor audible: each 95 % CI above chance, and each accuracy at least chance + 0.15. Three aligner
-    # seeds of the default (900 steps) read 0.62-0.69 for notes and timbre (CI lows 0.52-0.58, chance ~0.35);
-    # the former 600 steps read timbre 0.47 on one of them (chance + 0.14), which fails here.
+    # seeds of this fixture's budget (800 prior, 900 aligner steps) read 0.62-0.69 for notes and timbre (CI lows
+    # 0.52-0.58, chance ~0.35); 600 aligner steps read timbre 0.47 on one of them (chance + 0.14), which fails here.
     for factor, score in trained.items():
         assert score["accuracy"]["low"] > score["chance"], (factor, trained)
         assert score["accuracy"]["value"] >= score["chance"] + 0.15, (factor, trained)

@@ -44,10 +44,10 @@ from art2mus.quality import GateFailed, GateReport
 from art2mus.tracking.registry import MODEL_NAME
 from art2mus.tracking.verdict import decision_key, previous_verdict
 from flows.retrain import enforce_gates, sync_data
-from tests.helpers import BIN, QUICK_EVALUATE, SERVER_TIMEOUT, free_port, project_env, set_params
+from tests.helpers import BIN, E2E_PARAMS, QUICK_EVALUATE, SERVER_TIMEOUT, free_port, project_env, set_params
 
 slow = pytest.mark.slow
-DEFAULT_STEPS = Params().train.steps  # the tiny profile's aligner steps, which WEAK changes
+DEFAULT_STEPS = E2E_PARAMS["train"]["steps"]  # the pipeline fixture's aligner steps, which WEAK changes
 # An aligner that barely trained, evaluated on the first 32 test items (the champion is scored on the same
 # ones), so the one re-run of `evaluate` stays short.
 WEAK = {"train": {"steps": 10, "warmup_steps": 2, "checkpoint_every": 10}, "evaluate": QUICK_EVALUATE}
