@@ -53,8 +53,9 @@ QUICK_EVALUATE = {"max_items": 32, "steps": 2, "untrained_seeds": [1], "fad_resa
                   "report_items": 2}
 # The end-to-end run is the embedded default (the learning run the model tests assert on) with the prior's
 # and the aligner's budgets cut to 800 and 900 steps (the default: 1,200 and 1,200), which keep every planted
-# factor audible (three aligner seeds: README); the default's cost `make run` ~170-230 s more at two threads,
-# about twice that in this one-thread run. The default's own figures are `make run`'s and its seeds' (README).
+# factor audible (three aligner seeds: README). The default's budgets here made the whole suite 10 minutes
+# longer (2,563 s against 1,958 s on one 2-core machine: this fixture and the retrain flow's retraining).
+# The default's own figures are `make run`'s and its seeds' (README).
 E2E_PARAMS: dict[str, dict] = {"prior": {"steps": 800}, "train": {"steps": 900}}
 
 
