@@ -47,7 +47,7 @@ from flows.retrain import enforce_gates, sync_data
 from tests.helpers import BIN, E2E_PARAMS, QUICK_EVALUATE, SERVER_TIMEOUT, free_port, project_env, set_params
 
 slow = pytest.mark.slow
-DEFAULT_STEPS = E2E_PARAMS["train"]["steps"]  # the pipeline fixture's aligner steps, which WEAK changes
+FIXTURE_STEPS = E2E_PARAMS["train"]["steps"]  # the pipeline fixture's aligner steps, which WEAK changes
 # An aligner that barely trained, evaluated on the first 32 test items (the champion is scored on the same
 # ones), so the one re-run of `evaluate` stays short.
 WEAK = {"train": {"steps": 10, "warmup_steps": 2, "checkpoint_every": 10}, "evaluate": QUICK_EVALUATE}
@@ -316,11 +316,11 @@ def test_the_change_report_says_what_changed_since_the_champion(first_runs: Firs
     first, _, weak = retrain_runs(client)[:3]
     assert "no champion" in artifact_text(client, first.info.run_id, "change_report.md", tmp_path / "first")
     report = artifact_text(client, weak.info.run_id, "change_report.md", tmp_path / "weak")
-    assert "version 2 against champion 1" in report and f"- `train.steps`: `{DEFAULT_STEPS}` -> `10`" in report
+    assert "version 2 against champion 1" in report and f"- `train.steps`: `{FIXTURE_STEPS}` -> `10`" in report
     assert "| retrieval_top1 |" in report and "lower bound" in report and "- status: failed" in report
     published = prefect_post(prefect_api, "artifacts/filter", {"artifacts": {"key": {"any_": ["change-report"]}}})
     assert any(artifact["type"] == "markdown" and "# Change report: version 2" in artifact["data"]
-               and f"- `train.steps`: `{DEFAULT_STEPS}` -> `10`" in artifact["data"] for artifact in published)
+               and f"- `train.steps`: `{FIXTURE_STEPS}` -> `10`" in artifact["data"] for artifact in published)
 
 
 @slow
